@@ -1,0 +1,1 @@
+"""Clients of duftd: the duft command line, the UI bridge and example scripts."""

@@ -1,0 +1,146 @@
+"""A client of the bus: find the daemon, make signed requests, follow a run's events.
+
+Used by the ``duft`` CLI; depends only on pyzmq and the wire module, like the worker side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from dte_tools import locate
+from dte_tools.daemon_link import ControlClient, DaemonError
+from dte_tools.wire import CLIENT_SIGNER, FINAL_STATES, Kind, Op, topic
+
+__all__ = ["BusClient", "ConnectionInfo", "DaemonError", "DaemonNotRunning", "is_final"]
+
+START_HINT = "start it with `make run` (or `duftd`)"
+
+
+class DaemonNotRunning(RuntimeError):
+    """No daemon answers for this state folder; the message says how to start one."""
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    control: str
+    ingest: str
+    events: str
+    key: bytes
+    pid: int
+    path: Path
+
+    @classmethod
+    def load(cls, state_dir: Path | None = None) -> ConnectionInfo:
+        """Read the connection file of the daemon using ``state_dir`` (or the default)."""
+        folder = state_dir or locate.default_state_dir()
+        path = folder / locate.CONNECTION_FILE_NAME
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DaemonNotRunning(
+                f"duftd is not running (no connection file at {path}); {START_HINT}"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise DaemonNotRunning(f"cannot read duftd's connection file {path}: {error}") from None
+        if not _pid_alive(int(info.get("pid", 0))):
+            raise DaemonNotRunning(
+                f"duftd is not running (its connection file {path} is stale); {START_HINT}"
+            )
+        return cls(
+            info["control"], info["ingest"], info["events"], info["key"].encode(), info["pid"], path
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_final(event: dict[str, Any]) -> bool:
+    return event["kind"] == Kind.STATE and event["data"].get("state") in FINAL_STATES
+
+
+class BusClient:
+    """Synchronous requests and event following; close it (or use ``with``) when done."""
+
+    def __init__(self, info: ConnectionInfo, timeout_s: float = 10.0) -> None:
+        self.info = info
+        self._context = zmq.Context()
+        self._control = ControlClient(self._context, info.control, info.key, CLIENT_SIGNER)
+        self._control_timeout = timeout_s
+
+    def __enter__(self) -> BusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._control.close()
+        self._context.destroy(linger=0)
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """One signed request; raises :class:`DaemonError` with the daemon's code and message."""
+        try:
+            return self._control.request(op, args)
+        except DaemonError as error:
+            if error.code == "timeout":
+                raise DaemonNotRunning(
+                    f"duftd does not answer at {self.info.control}; {START_HINT}"
+                ) from None
+            raise
+
+    def follow(self, run_id: int, after: int = 0, idle_poll_s: float = 1.0) -> Iterator[dict[str, Any]]:
+        """Every event of a run after ``after``, history first then live, ending at its final
+        state: no gap (a missed number is fetched from the store) and no duplicate."""
+        run = self.request(Op.RUN, run=run_id)["run"]
+        subscriber = self._context.socket(zmq.SUB)
+        subscriber.linger = 0
+        subscriber.connect(self.info.events)
+        subscriber.subscribe(topic(run["task_id"], run_id))
+        last = after
+        try:
+            while True:
+                for event in self._backfill(run_id, last):
+                    last = event["seq"]
+                    yield event
+                    if is_final(event):
+                        return
+                # Live: take events in order; a gap or a quiet spell sends us back to the store.
+                while subscriber.poll(idle_poll_s * 1000):
+                    _, body = subscriber.recv_multipart()
+                    batch = json.loads(body)
+                    if batch[0]["seq"] > last + 1:
+                        break
+                    for event in batch:
+                        if event["seq"] <= last:
+                            continue
+                        last = event["seq"]
+                        yield event
+                        if is_final(event):
+                            return
+        finally:
+            subscriber.close()
+
+    def _backfill(self, run_id: int, after: int) -> Iterator[dict[str, Any]]:
+        while True:
+            page = self.request(Op.EVENTS, run=run_id, after=after)
+            for event in page["events"]:
+                after = event["seq"]
+                yield event
+            if not page["more"]:
+                return

@@ -1,0 +1,1 @@
+"""The `duft` command line."""

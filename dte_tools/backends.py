@@ -1,0 +1,134 @@
+"""The two places a data task can run: under duftd, or standalone from a terminal or IDE.
+
+Both answer the same questions (parameters, connections, folders) and take the same
+events; task code never knows which one it has.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from dte_tools import locate
+from dte_tools.wire import (
+    ENV_CONTROL,
+    ENV_INGEST,
+    ENV_RUN_ID,
+    ENV_RUN_TOKEN,
+    Kind,
+    Op,
+    run_signer,
+)
+
+FLUSH_TIMEOUT_S = 10.0
+
+
+class Backend(Protocol):
+    def parameters(self, given: dict[str, Any]) -> dict[str, Any]: ...
+    def connection(self, connection_id: str) -> dict[str, Any]: ...
+    def emit(self, kind: str, data: dict[str, Any]) -> None: ...
+    def data_dir(self) -> Path: ...
+    def close(self) -> None: ...
+
+
+class StandaloneBackend:
+    """No daemon: read duft-config from disk and print events as terminal lines."""
+
+    def __init__(self, config_dir: Path) -> None:
+        self.config_dir = config_dir
+        self._user_values: dict[str, Any] | None = None
+
+    @classmethod
+    def discover(cls) -> StandaloneBackend:
+        """Find duft-config from the running script's folder, else the working folder."""
+        main = sys.modules.get("__main__")
+        script = getattr(main, "__file__", None)
+        start = Path(script).parent if script else Path.cwd()
+        return cls(locate.find_config_dir(start))
+
+    def parameters(self, given: dict[str, Any]) -> dict[str, Any]:
+        return given
+
+    def connection(self, connection_id: str) -> dict[str, Any]:
+        """The user's values for a connection (``{}`` when none), as duftd would give them."""
+        if self._user_values is None:
+            path = self.config_dir / "user" / "config.json"
+            user = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            self._user_values = user.get("dataConnectionParameters") or {}
+        return dict(self._user_values.get(connection_id) or {})
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        if kind == Kind.PROGRESS:
+            message = data.get("message") or ""
+            line = f"{stamp} PROGRESS {data['done']}/{data['total']} {message}".rstrip()
+        else:
+            line = f"{stamp} {data.get('level', 'info').upper():<8} {data.get('message', '')}"
+        print(line, flush=True)
+
+    def data_dir(self) -> Path:
+        return locate.data_dir(self.config_dir)
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
+class DaemonBackend:
+    """Under duftd: fetch the run's resolved values over control, push events to ingest."""
+
+    def __init__(self, run_id: str, token: bytes, control: str, ingest: str) -> None:
+        import zmq  # imported here so a standalone task never pays for it
+
+        from dte_tools.daemon_link import ControlClient, EventSender
+
+        self.run_id = run_id
+        self._context = zmq.Context()
+        self._control = ControlClient(self._context, control, token, run_signer(run_id))
+        self._events = EventSender(self._context, ingest, run_id, token)
+        self._hello: dict[str, Any] | None = None
+        self._closed = False
+        atexit.register(self.close)
+
+    @classmethod
+    def from_environment(cls) -> DaemonBackend:
+        env = os.environ
+        return cls(env[ENV_RUN_ID], env[ENV_RUN_TOKEN].encode(), env[ENV_CONTROL], env[ENV_INGEST])
+
+    def hello(self) -> dict[str, Any]:
+        """The run's task id, resolved parameters, declared connections and folders."""
+        if self._hello is None:
+            self._hello = self._control.request(Op.WORKER_HELLO)
+        return self._hello
+
+    def parameters(self, given: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.hello()["params"])
+
+    def connection(self, connection_id: str) -> dict[str, Any]:
+        return self._control.request(Op.WORKER_CONNECTION, {"id": connection_id})["values"]
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._events.put(kind, data)
+
+    def data_dir(self) -> Path:
+        return Path(self.hello()["data_dir"])
+
+    def close(self) -> None:
+        """Deliver queued events (bounded by the linger) and release the sockets; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._events.close(FLUSH_TIMEOUT_S)
+        self._control.close()
+        self._context.term()
+
+
+def detect() -> Backend:
+    """The daemon backend when started by duftd, else standalone."""
+    if os.environ.get(ENV_RUN_ID):
+        return DaemonBackend.from_environment()
+    return StandaloneBackend.discover()

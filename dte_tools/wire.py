@@ -1,0 +1,157 @@
+"""The duftd wire format: frames, signing, topics and names, in one small module.
+
+Task code imports this (through ``dte_tools``), so it uses only the standard library.
+The daemon validates message bodies with pydantic on top of these frames.
+
+Control request (client or worker -> ``control`` ROUTER), one multipart message::
+
+    [PROTOCOL, signer, signature, body]
+
+- ``PROTOCOL`` is ``b"duft/1"``.
+- ``signer`` is ``b"client"`` for clients holding the connection file's key, or
+  ``b"run:<run_id>"`` for a worker, which signs with its one-time run token.
+- ``signature`` is the lowercase hex HMAC-SHA256 of ``body`` under that key.
+- ``body`` is JSON: ``{"op": str, "id": str, "ts": float, "args": {...}}``; ``id`` is
+  unique per request (a replayed id is refused) and ``ts`` is Unix time in seconds.
+
+Control reply (``control`` -> requester)::
+
+    [PROTOCOL, signature, body]
+
+``body`` is ``{"id": <request id>, "ok": true, "result": {...}}`` or
+``{"id": ..., "ok": false, "error": {"code": str, "message": str}}``, signed with the
+same key as the request (a reply to an unverifiable request is signed with nothing,
+i.e. an empty signature).
+
+Ingest (worker -> ``ingest`` PULL): ``[PROTOCOL, b"run:<run_id>", signature, body]``
+where ``body`` is a JSON array of ``[kind, ts, data]`` events.
+
+Events (``events`` PUB -> subscribers): ``[topic, body]`` where ``topic`` is
+``ev/<task_id>/<run_id>/`` and ``body`` is a JSON array of one or more stored events of
+that run, in sequence order, each
+``{"v": 1, "run_id": int, "task_id": str, "seq": int, "ts": float, "kind": str,
+"data": {...}}``. Subscribe to ``ev/`` for everything, ``ev/<task_id>/`` for one task,
+``ev/<task_id>/<run_id>/`` for one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+
+PROTOCOL = b"duft/1"
+PROTOCOL_VERSION = 1
+CLIENT_SIGNER = b"client"
+RUN_SIGNER_PREFIX = b"run:"
+TOPIC_PREFIX = b"ev/"
+# A larger message gets an error reply (control) or is dropped and counted (ingest).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# libzmq disconnects a peer sending more than this (ZMQ_MAXMSGSIZE) before Python sees it.
+HARD_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Environment variables a worker is started with (and nothing secret).
+ENV_RUN_ID = "DUFT_RUN_ID"
+ENV_RUN_TOKEN = "DUFT_RUN_TOKEN"
+ENV_CONTROL = "DUFT_CONTROL_ENDPOINT"
+ENV_INGEST = "DUFT_INGEST_ENDPOINT"
+ENV_CONFIG_DIR = "DUFT_CONFIG_DIR"
+ENV_STATE_DIR = "DUFT_STATE_DIR"
+ENV_DATA_DIR = "DUFT_DATA_DIR"
+
+
+class Op:
+    """Control operation names."""
+
+    HEALTH = "health"
+    TASKS = "tasks"
+    TASK = "task"
+    SUBMIT = "submit"
+    CANCEL = "cancel"
+    RUN = "run"
+    RUNS = "runs"
+    EVENTS = "events"
+    RELOAD = "reload"
+    # Worker operations, signed with the run token.
+    WORKER_HELLO = "worker.hello"
+    WORKER_CONNECTION = "worker.connection"
+
+
+WORKER_OPS = frozenset({Op.WORKER_HELLO, Op.WORKER_CONNECTION})
+
+
+class Kind:
+    """Event kinds."""
+
+    STATE = "state"  # {"state", "reason"?, "exit_code"?, ...}
+    LOG = "log"  # {"level": "info"|"warning"|"error", "message"}
+    PROGRESS = "progress"  # {"done", "total", "message"?}
+    STDOUT = "stdout"  # {"text"}
+    STDERR = "stderr"  # {"text"}
+    CELL = "cell"  # {"phase": "started"|"finished", "index", "count"}
+    NOTICE = "notice"  # {"message"}: something the daemon wants recorded with the run
+    # Markers a worker's event sender puts first and last on ingest; never stored. They
+    # let duftd wait for a finished worker's last events instead of guessing.
+    SENDER_OPEN = "sender.open"
+    SENDER_CLOSED = "sender.closed"
+
+
+class State:
+    """Run states; the last four are final."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+ACTIVE_STATES = frozenset({State.QUEUED, State.STARTING, State.RUNNING})
+FINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.LOST})
+
+
+def sign(key: bytes, body: bytes) -> bytes:
+    """Hex HMAC-SHA256 of ``body``."""
+    return hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+
+
+def verify(key: bytes, body: bytes, signature: bytes) -> bool:
+    """Constant-time check of a signature made by :func:`sign`."""
+    return hmac.compare_digest(sign(key, body), signature)
+
+
+def run_signer(run_id: int | str) -> bytes:
+    return RUN_SIGNER_PREFIX + str(run_id).encode()
+
+
+def encode_request(op: str, args: dict[str, Any], key: bytes, signer: bytes) -> list[bytes]:
+    """Frames of one signed control request."""
+    body = json.dumps(
+        {"op": op, "id": uuid.uuid4().hex, "ts": time.time(), "args": args},
+        separators=(",", ":"),
+    ).encode()
+    return [PROTOCOL, signer, sign(key, body), body]
+
+
+def decode_reply(frames: list[bytes], key: bytes) -> dict[str, Any]:
+    """Body of a control reply; raises ``ValueError`` on a malformed or forged one."""
+    if len(frames) != 3 or frames[0] != PROTOCOL:
+        raise ValueError("not a duft/1 reply")
+    _, signature, body = frames
+    if signature and not verify(key, body, signature):
+        raise ValueError("reply signature does not match")
+    reply = json.loads(body)
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise ValueError("reply body has no 'ok' field")
+    return reply
+
+
+def topic(task_id: str, run_id: int | None = None) -> bytes:
+    """PUB topic prefix for one task, or one run of it."""
+    run = "" if run_id is None else f"{run_id}/"
+    return TOPIC_PREFIX + f"{task_id}/{run}".encode()

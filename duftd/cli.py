@@ -1,0 +1,85 @@
+"""``duftd``: the daemon's command line. The event loop is created here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from duftd.errors import DuftError
+from duftd.logs import configure
+from duftd.server import DEFAULT_PORT, DaemonOptions, run_daemon
+from dte_tools import locate
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="duftd", description="The DUFT Data Task Engine daemon."
+    )
+    parser.add_argument(
+        "--config", type=Path, help="duft-config folder (default: $DUFT_CONFIG_DIR or the embedded one)"
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, help="run store and connection file (default: $DUFT_STATE_DIR or ./.duftd)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT,
+        help=f"control port; ingest and events use the next two; 0 picks free ports (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--max-concurrent", type=int, default=os.cpu_count() or 2,
+        help="runs allowed at once; the rest wait in order (default: number of CPUs)",
+    )
+    parser.add_argument("--cancel-grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--retention-days", type=float, default=90.0, help="delete finished runs older than this (0: keep)")
+    parser.add_argument("--retention-runs", type=int, default=500, help="keep at most this many runs per task (0: all)")
+    parser.add_argument("--curve-dir", type=Path, help="CURVE keys, required for a non-loopback --host")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace) -> DaemonOptions:
+    return DaemonOptions(
+        config_dir=(args.config or locate.default_config_dir()).resolve(),
+        state_dir=(args.state_dir or locate.default_state_dir()).resolve(),
+        host=args.host,
+        port=args.port,
+        max_concurrent=max(1, args.max_concurrent),
+        cancel_grace_s=args.cancel_grace,
+        retention_days=args.retention_days or None,
+        retention_runs=args.retention_runs or None,
+        curve_dir=args.curve_dir,
+    )
+
+
+async def _main(options: DaemonOptions) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: stop waiting for a clean shutdown
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await run_daemon(options, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure(args.log_level)
+    try:
+        asyncio.run(_main(options_from(args)))
+    except DuftError as error:
+        print(f"duftd: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""One handler per control operation; each docstring is that operation's wire contract.
+
+Handlers take the already-validated arguments (see :mod:`duftd.protocol`) and return
+the reply's ``result`` object, or raise a :class:`DuftError`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from duftd import __version__
+from duftd.config import LoadedConfig, TaskSpec, load_config, resolve_connection
+from duftd.control import Caller, Handler
+from duftd.errors import UnauthorizedError
+from duftd.ingest import Ingest
+from duftd.protocol import (
+    ConnectionArgs,
+    EventsArgs,
+    NoArgs,
+    RunArgs,
+    RunsArgs,
+    SubmitArgs,
+    TaskArgs,
+    TasksArgs,
+)
+from duftd.runs.manager import RunManager
+from dte_tools import locate
+from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Op
+
+
+def task_summary(task: TaskSpec, config: LoadedConfig) -> dict[str, Any]:
+    """How a task is shown to clients: never a connection's values."""
+    return {
+        "id": task.address,
+        "name": task.name or task.id,
+        "description": task.description,
+        "app": task.app,
+        "kind": task.kind,
+        "file": task.python_file,
+        "hidden": task.hide_in_ui,
+        "runnable": task.runnable,
+        "problems": task.problems,
+        "connections": task.data_connections,
+        "timeout_seconds": task.timeout_seconds,
+        "parameters": {
+            name: {
+                "title": spec.title,
+                "description": spec.description,
+                "default": spec.default_value,
+                "has_default": spec.has_default,
+                "allow_override": spec.allow_override,
+                "prompt_user": spec.prompt_user,
+            }
+            for name, spec in task.supported_parameters.items()
+        },
+    }
+
+
+class Commands:
+    def __init__(self, manager: RunManager, ingest: Ingest, started_at: float) -> None:
+        self._manager = manager
+        self._ingest = ingest
+        self._started_at = started_at
+
+    def handlers(self) -> dict[str, Handler]:
+        table: dict[str, Callable[..., Any]] = {
+            Op.HEALTH: self.health,
+            Op.TASKS: self.tasks,
+            Op.TASK: self.task,
+            Op.SUBMIT: self.submit,
+            Op.CANCEL: self.cancel,
+            Op.RUN: self.run,
+            Op.RUNS: self.runs,
+            Op.EVENTS: self.events,
+            Op.RELOAD: self.reload,
+            Op.WORKER_HELLO: self.worker_hello,
+            Op.WORKER_CONNECTION: self.worker_connection,
+        }
+        return table
+
+    async def health(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
+        """-> {version, protocol, pid, uptime_s, config, runs: {state: n}, active, queued,
+        dropped: {reason: n}}"""
+        manager = self._manager
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started_at, 3),
+            "config": str(manager.config.root),
+            "runs": await manager.store.counts_by_state(),
+            "active": manager.active,
+            "queued": manager.queued,
+            "max_concurrent": manager.max_concurrent,
+            "dropped": dict(self._ingest.dropped),
+        }
+
+    async def tasks(self, caller: Caller, args: TasksArgs) -> dict[str, Any]:
+        """{all?: bool} -> {tasks: [task]}; tasks with ``hideInUI`` only when ``all``."""
+        config = self._manager.config
+        return {
+            "tasks": [
+                task_summary(task, config)
+                for task in config.tasks.values()
+                if args.all or not task.hide_in_ui
+            ]
+        }
+
+    async def task(self, caller: Caller, args: TaskArgs) -> dict[str, Any]:
+        """{task: address} -> {task}; unknown_task / ambiguous_task errors."""
+        config = self._manager.config
+        return {"task": task_summary(config.task(args.task), config)}
+
+    async def submit(self, caller: Caller, args: SubmitArgs) -> dict[str, Any]:
+        """{task, params?, requested_by?} -> {run, ignored: {name: why}, joined: bool}.
+
+        ``joined`` is true when the task already had a queued or running run: that run
+        is returned and no second one starts.
+        """
+        run, ignored, joined = await self._manager.submit(args.task, args.params, args.requested_by)
+        return {"run": run, "ignored": ignored, "joined": joined}
+
+    async def cancel(self, caller: Caller, args: RunArgs) -> dict[str, Any]:
+        """{run} -> {run}; cancelling a finished run changes nothing."""
+        return {"run": await self._manager.cancel(args.run)}
+
+    async def run(self, caller: Caller, args: RunArgs) -> dict[str, Any]:
+        """{run} -> {run}; unknown_run error."""
+        return {"run": await self._manager.get_run(args.run)}
+
+    async def runs(self, caller: Caller, args: RunsArgs) -> dict[str, Any]:
+        """{task?, state?, limit?=50} -> {runs: [run]}, newest first."""
+        store = self._manager.store
+        return {"runs": await store.list_runs(args.task, args.state, args.limit)}
+
+    async def events(self, caller: Caller, args: EventsArgs) -> dict[str, Any]:
+        """{run, after?=0, limit?=1000} -> {run, events: [{seq, ts, kind, data}], more, final}.
+
+        ``more`` says another page follows; ``final`` that the run has ended and
+        ``events`` reach its last one.
+        """
+        manager = self._manager
+        run = await manager.get_run(args.run)
+        events = await manager.store.events_after(args.run, args.after, args.limit + 1)
+        more = len(events) > args.limit
+        events = events[: args.limit]
+        final = run["state"] in FINAL_STATES and not more
+        return {"run": run, "events": events, "more": more, "final": final}
+
+    async def reload(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
+        """-> {config, tasks, runnable, errors, warnings}; live runs keep their spec."""
+        config = load_config(self._manager.config.root)
+        self._manager.reload(config)
+        severities = [d.severity for d in config.diagnostics]
+        return {
+            "config": str(config.root),
+            "tasks": len(config.tasks),
+            "runnable": sum(task.runnable for task in config.tasks.values()),
+            "errors": severities.count("error"),
+            "warnings": severities.count("warning"),
+        }
+
+    async def worker_hello(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
+        """(worker) -> {run_id, task_id, task_name, params, connections, config_dir,
+        data_dir, temp_dir}: what a worker needs to start, never a connection's values."""
+        run = _worker_run(caller)
+        data_dir = self._manager.endpoints.data_dir
+        return {
+            "run_id": run.id,
+            "task_id": run.task.address,
+            "task_name": run.task.name,
+            "params": run.params,
+            "connections": run.task.data_connections,
+            "config_dir": str(run.config.root),
+            "data_dir": str(data_dir),
+            "temp_dir": str(locate.temp_dir(data_dir)),
+        }
+
+    async def worker_connection(self, caller: Caller, args: ConnectionArgs) -> dict[str, Any]:
+        """(worker) {id} -> {values}: the user's values of a connection the task declares."""
+        run = _worker_run(caller)
+        return {"values": resolve_connection(run.config, run.task, args.id)}
+
+
+def _worker_run(caller: Caller):  # noqa: ANN202 - LiveRun, narrowed from Optional
+    if caller.run is None:
+        raise UnauthorizedError("only a worker, signing with its run token, may ask this")
+    return caller.run

@@ -1,0 +1,147 @@
+"""What a run receives: its parameters and its connections' user values.
+
+Pure functions over a loaded config, shared by the daemon and by standalone runs so a
+task sees the same values either way. Decisions where DESIGN.md is silent:
+
+- A given value must have the JSON type of the parameter's default (int and float are
+  one "number"; bool is not a number). A ``null`` default or no default accepts any
+  JSON value. All type mismatches are reported in one :class:`ParameterError`.
+- Values are deep copies, so a run cannot change the loaded config.
+- ``parse_cli_assignments``: a key given twice keeps the last value, as shells do.
+- ``secret_values`` covers the task's declared connections only (what its worker can
+  fetch): password-type params plus any value whose key looks secret. Numbers count
+  (as text), since a numeric password is still a password.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from duftd.config.model import LoadedConfig, TaskSpec
+from duftd.errors import ParameterError, UnknownConnectionError
+
+_SECRET_KEY = re.compile(r"password|passwd|pwd|secret|token|api[_-]?key", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ResolvedParameters:
+    """The parameters passed to a run, and why each refused caller value was dropped."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of ``value``; raises ``TypeError`` for non-JSON values."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def resolve_parameters(task: TaskSpec, given: Mapping[str, Any]) -> ResolvedParameters:
+    """Defaults, replaced by ``given`` values only where ``allowOverride`` is true."""
+    specs = task.supported_parameters
+    values = {name: copy.deepcopy(p.default_value) for name, p in specs.items() if p.has_default}
+    ignored: dict[str, str] = {}
+    mismatches: list[str] = []
+    for key, value in given.items():
+        if not isinstance(key, str):
+            raise ParameterError(f"parameter names must be strings, got {key!r}")
+        spec = specs.get(key)
+        if spec is None:
+            ignored[key] = f"not a parameter of {task.address}"
+            continue
+        if not spec.allow_override:
+            ignored[key] = "not overridable (allowOverride is false)"
+            continue
+        try:
+            got = json_type(value)
+        except TypeError as exc:
+            mismatches.append(f"{key!r}: {exc}")
+            continue
+        if spec.has_default and spec.default_value is not None:
+            expected = json_type(spec.default_value)
+            if got != expected:
+                mismatches.append(
+                    f"{key!r} expects a {expected} (like its default "
+                    f"{json.dumps(spec.default_value)}), got {got} {json.dumps(value)}"
+                )
+                continue
+        values[key] = copy.deepcopy(value)
+    if mismatches:
+        raise ParameterError(f"bad parameters for task {task.address}: " + "; ".join(mismatches))
+    return ResolvedParameters(values=values, ignored=ignored)
+
+
+def parse_cli_value(text: str) -> Any:
+    """``text`` as JSON where it parses (``0.5``, ``true``, ``"x"``, ``[1]``), else as is."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)  # NaN and Infinity are not JSON
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return text
+
+
+def parse_cli_assignments(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=x y"]`` -> ``{"a": 1, "b": "x y"}``."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParameterError(f"{item!r} is not NAME=VALUE; write e.g. sleep_time=0.5")
+        result[key] = parse_cli_value(text)
+    return result
+
+
+def resolve_connections(config: LoadedConfig, task: TaskSpec) -> dict[str, dict[str, Any]]:
+    """Every connection id the task declares -> a copy of its user values (``{}`` if none)."""
+    values = config.user.data_connection_parameters
+    return {cid: copy.deepcopy(values.get(cid, {})) for cid in task.data_connections}
+
+
+def resolve_connection(config: LoadedConfig, task: TaskSpec, connection_id: str) -> dict[str, Any]:
+    """One declared connection's user values; refuses ids the task does not declare."""
+    if connection_id not in task.data_connections:
+        declared = ", ".join(task.data_connections) or "none"
+        raise UnknownConnectionError(
+            f"task {task.address} does not declare connection {connection_id!r} "
+            f"(its dataConnections: {declared}); add it to dataConnections in "
+            f"{task.source_file}"
+        )
+    return copy.deepcopy(config.user.data_connection_parameters.get(connection_id, {}))
+
+
+def secret_values(config: LoadedConfig, task: TaskSpec) -> list[str]:
+    """Values to mask in the task's logs, longest first (so no secret is half-masked)."""
+    specs = config.connections_for(task)
+    secrets: set[str] = set()
+    for cid, values in resolve_connections(config, task).items():
+        spec = specs.get(cid)
+        password_fields = spec.password_fields if spec is not None else set()
+        for key, value in values.items():
+            if key not in password_fields and not _SECRET_KEY.search(key):
+                continue
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                value = str(value)
+            if isinstance(value, str) and value:
+                secrets.add(value)
+    return sorted(secrets, key=lambda s: (-len(s), s))

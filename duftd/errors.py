@@ -1,0 +1,89 @@
+"""Errors duftd reports to its callers.
+
+Every refusal is a :class:`DuftError`; its ``code`` travels on the wire as the
+``error.code`` string of a control reply, and its message says what was wrong and what
+to do about it. Add a subclass (with a new code) rather than reusing a code for a
+different situation: clients branch on codes.
+"""
+
+from __future__ import annotations
+
+
+class DuftError(Exception):
+    """Root of every error duftd reports; ``code`` is its stable wire name."""
+
+    code: str = "error"
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def to_dict(self) -> dict[str, str]:
+        """The ``error`` object of a control reply."""
+        return {"code": self.code, "message": self.message}
+
+
+class ConfigError(DuftError):
+    """The duft-config folder itself cannot be used (not a folder, no ``system/``)."""
+
+    code = "bad_config"
+
+
+class UnknownTaskError(DuftError):
+    """No task has the requested address."""
+
+    code = "unknown_task"
+
+
+class AmbiguousTaskError(DuftError):
+    """A bare task id matches tasks in several apps; the caller must qualify it."""
+
+    code = "ambiguous_task"
+
+
+class TaskNotRunnableError(DuftError):
+    """The task is declared but cannot run (bad or missing script, bad id...)."""
+
+    code = "task_not_runnable"
+
+
+class ParameterError(DuftError):
+    """A caller's parameter value cannot be used."""
+
+    code = "bad_parameter"
+
+
+class UnknownConnectionError(DuftError):
+    """A connection was asked for that the task does not declare."""
+
+    code = "unknown_connection"
+
+
+class UnknownRunError(DuftError):
+    """No run has the requested id."""
+
+    code = "unknown_run"
+
+
+class BadRequestError(DuftError):
+    """A control request is malformed: frames, JSON, operation or arguments."""
+
+    code = "bad_request"
+
+
+class UnauthorizedError(DuftError):
+    """A request is unsigned, badly signed, stale, replayed, or from the wrong signer."""
+
+    code = "unauthorized"
+
+
+class ShuttingDownError(DuftError):
+    """The daemon is stopping and takes no new runs."""
+
+    code = "shutting_down"
+
+
+class StartupError(DuftError):
+    """The daemon cannot start (state folder locked, port taken, unsafe bind...)."""
+
+    code = "startup"

@@ -1,0 +1,124 @@
+"""The event pipeline: sequence, redact, store in batches, then publish.
+
+Every event of every run (worker logs, captured output, state changes) passes through
+here in order. Numbers are assigned at storage; a batch is committed before any of
+it is published, so the store is always at least as complete as the live stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from duftd.publisher import Publisher
+from duftd.store import EventRow, Store
+from dte_tools.wire import Kind
+
+log = structlog.get_logger("duftd.pipeline")
+
+MASK = "********"
+# Above this many waiting events, ingest stops reading so libzmq pushes back on workers.
+BACKLOG_LIMIT = 50_000
+# Small batches bound how long one write holds the event loop (control latency).
+BATCH_LIMIT = 500
+
+
+@dataclass(eq=False)
+class RunChannel:
+    """What the pipeline needs to know about one run: ids, secrets, counters."""
+
+    run_id: int
+    task_id: str
+    secrets: tuple[str, ...] = ()
+    last_seq: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    topic: bytes = b""
+    task_json: str = ""
+
+    def __post_init__(self) -> None:
+        self.topic = f"ev/{self.task_id}/{self.run_id}/".encode()
+        self.task_json = json.dumps(self.task_id)
+        # A secret can appear raw in text or JSON-escaped inside the encoded data.
+        forms = {form for s in self.secrets for form in (s, json.dumps(s)[1:-1]) if form}
+        self.secrets = tuple(sorted(forms, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+class EventPipeline:
+    """Accepts events without awaiting; one writer task stores and publishes them."""
+
+    def __init__(self, store: Store, publisher: Publisher) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._pending: list[tuple[RunChannel, float, str, Any]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._below_limit = asyncio.Event()
+        self._below_limit.set()
+        self.stored = 0
+
+    def emit(self, channel: RunChannel, kind: str, data: dict[str, Any], ts: float) -> None:
+        """Queue one event; the writer stores and publishes it shortly."""
+        self._pending.append((channel, ts, kind, data))
+        if kind == Kind.LOG:
+            channel.counts[data.get("level", "info")] += 1
+        self._idle.clear()
+        self._wake.set()
+        if len(self._pending) >= BACKLOG_LIMIT:
+            self._below_limit.clear()
+
+    async def room(self) -> None:
+        """Wait until the backlog is small enough to accept more from ingest."""
+        await self._below_limit.wait()
+
+    async def drained(self) -> None:
+        """Wait until everything emitted so far is stored and published."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """The writer loop; runs until cancelled, after draining what it holds."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:BATCH_LIMIT]
+                del self._pending[:BATCH_LIMIT]
+                if len(self._pending) < BACKLOG_LIMIT:
+                    self._below_limit.set()
+                await asyncio.shield(self._write(batch))
+            self._idle.set()
+
+    async def _write(self, batch: list[tuple[RunChannel, float, str, Any]]) -> None:
+        rows: list[EventRow] = []
+        by_run: dict[RunChannel, list[str]] = {}
+        for channel, ts, kind, data in batch:
+            channel.last_seq += 1
+            seq = channel.last_seq
+            text = json.dumps(data, separators=(",", ":"), default=str)
+            if channel.secrets:
+                text = channel.redact(text)
+            rows.append((channel.run_id, seq, ts, kind, text))
+            by_run.setdefault(channel, []).append(
+                f'{{"v":1,"run_id":{channel.run_id},"task_id":{channel.task_json},'
+                f'"seq":{seq},"ts":{ts!r},"kind":"{kind}","data":{text}}}'
+            )
+        try:
+            await self._store.insert_events(rows)
+        except Exception:
+            # Never publish what is not stored; the run's numbering stays monotonic.
+            log.exception("storing events failed", events=len(rows))
+            return
+        self.stored += len(rows)
+        for channel, events in by_run.items():
+            self._publisher.publish(channel.topic, "[" + ",".join(events) + "]")
