@@ -36,6 +36,7 @@ class WorkerLink:
     channel: RunChannel
     open_senders: int = 0
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: dict[str, Any] | None = None  # a notebook runner's report of its failing cell
 
 
 def _valid_event(item: Any) -> bool:
@@ -122,6 +123,8 @@ class Ingest:
                 if link.open_senders == 0:
                     link.all_closed.set()
             else:
+                if kind == Kind.FAILURE:
+                    link.failure = data
                 self._pipeline.emit(link.channel, kind, data, float(ts))
 
     def _link(self, signer: bytes) -> WorkerLink | None:

@@ -96,8 +96,8 @@ class Daemon:
         worker = WorkerEndpoints(
             control=self.endpoints["control"],
             ingest=self.endpoints["ingest"],
-            config_dir=config.root,
             data_dir=locate.data_dir(config.root),
+            runs_dir=options.state_dir / "runs",
         )
         self.manager = RunManager(
             self.store, self.pipeline, config, worker, options.max_concurrent, options.cancel_grace_s

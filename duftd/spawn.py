@@ -67,3 +67,28 @@ def process_environ(pid: int) -> bytes:
         return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return b""
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Pids of processes whose environment holds exactly ``entry`` (``NAME=value``).
+
+    Every process of a run inherits its token, even one that left the run's process
+    group (a Jupyter kernel starts its own session), so this finds them all.
+    """
+    needle = b"\0" + entry.encode() + b"\0"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and needle in b"\0" + process_environ(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def kill_marked(entry: str) -> int:
+    """SIGKILL every process (and its group) whose environment holds ``entry``."""
+    pids = processes_with_env(entry)
+    for pid in pids:
+        try:
+            signal_group(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    return len(pids)

@@ -47,11 +47,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID;
     """,
+    # 2: where a notebook run's executed copy is kept, and a hash of the run token so a
+    # restarted daemon can recognise (and stop) the orphaned processes of a lost run.
+    """
+    ALTER TABLE runs ADD COLUMN output TEXT;
+    ALTER TABLE runs ADD COLUMN token_hash TEXT;
+    """,
 )
 
 RUN_COLUMNS = (
     "id, task_id, state, requested_by, params, ignored, created_at, started_at, ended_at, "
-    "exit_code, reason, error_count, warning_count, pid"
+    "exit_code, reason, error_count, warning_count, pid, output"
 )
 UPDATABLE = frozenset(
     {
@@ -63,6 +69,8 @@ UPDATABLE = frozenset(
         "error_count",
         "warning_count",
         "pid",
+        "output",
+        "token_hash",
     }
 )
 EventRow = tuple[int, int, float, str, str]
@@ -171,9 +179,10 @@ class Store:
             return [_run_dict(row) for row in await cursor.fetchall()]
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Runs left queued, starting or running, with their ``token_hash``."""
         marks = ", ".join("?" for _ in ACTIVE_STATES)
         async with self._db.execute(
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY id",
+            f"SELECT {RUN_COLUMNS}, token_hash FROM runs WHERE state IN ({marks}) ORDER BY id",
             tuple(ACTIVE_STATES),
         ) as cursor:
             return [_run_dict(row) for row in await cursor.fetchall()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,9 @@ def test_fixture_tasks_are_all_missing_their_script(fixtures_dir: Path) -> None:
     assert len(config.errors) == 17
     nonexisting = config.tasks["NON-EXISTING"]
     expected = fixtures_dir / "system" / "data_tasks" / "does_not_exist.ipynb"
-    assert nonexisting.problems == [f"pythonFile 'does_not_exist.ipynb' not found: expected {expected}"]
+    assert nonexisting.problems == [
+        f"pythonFile 'does_not_exist.ipynb' not found: expected {expected}"
+    ]
     (error,) = find(config, severity="error", task_id="NON-EXISTING", file="system/data_tasks.json")
     assert error.field == "pythonFile" and error.line == 206
 
@@ -178,7 +181,9 @@ def test_unknown_task_suggests_close_addresses(fixtures_dir: Path) -> None:
 def test_runnable_task_refuses_with_the_reason(fixtures_dir: Path) -> None:
     """runnable_task names the missing script's full path."""
     config = load_config(fixtures_dir)
-    with pytest.raises(TaskNotRunnableError, match="does_not_exist.ipynb' not found") as info:
+    with pytest.raises(
+        TaskNotRunnableError, match=re.escape("does_not_exist.ipynb' not found")
+    ) as info:
         config.runnable_task("test:NON-EXISTING")
     assert str(fixtures_dir / "apps" / "test" / "data_tasks") in str(info.value)
     assert info.value.code == "task_not_runnable"
@@ -430,3 +435,27 @@ def test_diagnostic_text_and_dict() -> None:
     located = Diagnostic("warning", "user/config.json", "x", connection_id="C", line=3, column=4)
     assert str(located) == "user/config.json:3:4: connection C: x"
     assert d.to_dict()["severity"] == "error" and d.to_dict()["line"] is None
+
+
+def test_runnable_task_looks_at_the_script_again(tmp_path: Path) -> None:
+    """A script written after loading makes the task runnable; one deleted refuses it."""
+    root = tmp_path / "cfg"
+    write_tasks(root, [task("NEW", "new.py"), task("OLD", "t.py")])
+    add_scripts(root, "t.py")
+    config = load_config(root)
+    assert not config.tasks["NEW"].runnable
+    add_scripts(root, "new.py")
+    assert config.runnable_task("NEW").problems == []
+    (root / "system" / "data_tasks" / "t.py").unlink()
+    with pytest.raises(TaskNotRunnableError, match=re.escape("'t.py' not found")):
+        config.runnable_task("OLD")
+    assert config.tasks["OLD"].runnable  # the loaded config itself is not changed
+
+
+def test_runnable_task_keeps_other_problems(tmp_path: Path) -> None:
+    """Writing the script does not clear a task's other problems (e.g. a bad timeout)."""
+    config = minimal(tmp_path, [task("T", "late.py", timeoutSeconds=-1)])
+    add_scripts(tmp_path / "cfg", "late.py")
+    with pytest.raises(TaskNotRunnableError, match="timeoutSeconds") as info:
+        config.runnable_task("T")
+    assert "not found" not in str(info.value)

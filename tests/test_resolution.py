@@ -102,7 +102,9 @@ def test_same_json_type_is_accepted(tmp_path: Path, default: Any, given: Any) ->
     ("default", "given", "expected"),
     [(1, True, "number"), (True, 1, "boolean"), (0.5, "0.5", "number"), ("a", None, "string")],
 )
-def test_other_json_types_are_refused(tmp_path: Path, default: Any, given: Any, expected: str) -> None:
+def test_other_json_types_are_refused(
+    tmp_path: Path, default: Any, given: Any, expected: str
+) -> None:
     """A value of another JSON type (bool is not a number) is refused naming param, type, value."""
     spec = config_with(tmp_path, {"p": param(default)}).task("T")
     with pytest.raises(ParameterError, match=f"'p' expects a {expected}") as info:
@@ -113,7 +115,7 @@ def test_other_json_types_are_refused(tmp_path: Path, default: Any, given: Any, 
 def test_all_type_errors_are_reported_together(tmp_path: Path) -> None:
     """Several mismatches are named in one error."""
     spec = config_with(tmp_path, {"a": param(1), "b": param("x")}).task("T")
-    with pytest.raises(ParameterError, match="'a' expects.*'b' expects"):
+    with pytest.raises(ParameterError, match=r"'a' expects.*'b' expects"):
         resolve_parameters(spec, {"a": "1", "b": 2})
 
 
@@ -145,7 +147,11 @@ def test_cli_values_parse_as_json_else_text(text: str, value: Any) -> None:
 
 def test_cli_assignments() -> None:
     """NAME=VALUE items become a dict; the value may contain '=' and spaces."""
-    assert parse_cli_assignments(["a=1", "b=x y", "c=k=v", "a=2"]) == {"a": 2, "b": "x y", "c": "k=v"}
+    assert parse_cli_assignments(["a=1", "b=x y", "c=k=v", "a=2"]) == {
+        "a": 2,
+        "b": "x y",
+        "c": "k=v",
+    }
 
 
 @pytest.mark.parametrize("item", ["novalue", "=1"])

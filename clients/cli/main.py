@@ -142,6 +142,18 @@ def cmd_cancel(args: argparse.Namespace, client: BusClient) -> int:
     return 0
 
 
+def cmd_output(args: argparse.Namespace, client: BusClient) -> int:
+    run = client.request(Op.RUN, run=args.run)["run"]
+    if args.json:
+        render.as_json({"run": run["id"], "output": run["output"]})
+        return 0
+    if not run["output"]:
+        print(f"duft: run {run['id']} of {run['task_id']} is a script run: only notebook runs keep an executed copy", file=sys.stderr)
+        return 2
+    print(run["output"])
+    return 0
+
+
 def _follow(client: BusClient, run_id: int, as_json: bool) -> int:
     """Show a run live until it ends; Ctrl-C stops following and leaves it running."""
     try:
@@ -168,6 +180,7 @@ COMMANDS = {
     "runs": cmd_runs,
     "logs": cmd_logs,
     "cancel": cmd_cancel,
+    "output": cmd_output,
 }
 
 
@@ -199,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
     command("cancel", "cancel a queued or running run").add_argument("run", type=int)
+    command("output", "where a notebook run's executed copy (with outputs) is").add_argument("run", type=int)
     validate.add_parser(sub)
     return parser
 

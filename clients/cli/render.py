@@ -51,7 +51,7 @@ def event_line(event: dict[str, Any]) -> tuple[str, str]:
         return f"{when} {'state':<7} {state}{extra}", STATE_STYLES.get(state, "bold")
     if kind == Kind.CELL:
         phase = data.get("phase", "")
-        return f"{when} {'cell':<7} {phase} {data.get('index')}/{data.get('count')}", "dim"
+        return f"{when} {'cell':<7} {phase} {data.get('number')}/{data.get('count')}", "dim"
     return f"{when} {kind:<7} {json.dumps(data)}", ""
 
 

@@ -16,11 +16,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
 
 from duftd.errors import AmbiguousTaskError, TaskNotRunnableError, UnknownTaskError
 
 Severity = Literal["error", "warning"]
+
+
+def script_file_problem(folder: Path, name: str) -> str | None:
+    """Why ``folder/name`` is no script file to run now (missing, not a file, links out)."""
+    path = folder / name
+    if path.is_symlink() or path.exists():
+        target = path.resolve()
+        if not target.is_relative_to(folder.resolve()):
+            return f"pythonFile {name!r} is a link to {target}, outside {folder}"
+    if not path.exists():
+        return f"pythonFile {name!r} not found: expected {path}"
+    if not path.is_file():
+        return f"pythonFile {name!r} is not a file: {path}"
+    return None
 
 
 class _Model(BaseModel):
@@ -60,6 +74,9 @@ class TaskSpec(_Model):
     script_path: Path  # data_tasks_dir / python_file; meaningful only when runnable
     kind: Literal["script", "notebook"] = "script"
     problems: list[str] = Field(default_factory=list)
+    # Whether the script file was looked at when loading, and what was wrong with it then.
+    _file_checked: bool = PrivateAttr(False)
+    _file_problem: str | None = PrivateAttr(None)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -186,8 +203,18 @@ class LoadedConfig:
         raise UnknownTaskError(f"unknown task {address!r} in {self.root}; {self._hint(address)}")
 
     def runnable_task(self, address: str) -> TaskSpec:
-        """Like :meth:`task`, but refuses a task that cannot run, saying why."""
+        """Like :meth:`task`, but refuses a task that cannot run, saying why.
+
+        The script file is looked at again now, so a script written (or deleted) since
+        the config was loaded counts; the returned spec then carries the fresh problems.
+        """
         task = self.task(address)
+        if task._file_checked:
+            now = script_file_problem(task.data_tasks_dir, task.python_file)
+            if now != task._file_problem:
+                problems = [p for p in task.problems if p != task._file_problem]
+                task = task.model_copy(update={"problems": problems + ([now] if now else [])})
+                task._file_problem = now
         if task.problems:
             raise TaskNotRunnableError(
                 f"task {task.address} cannot run: {'; '.join(task.problems)} "

@@ -23,7 +23,7 @@ import re
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from duftd.config.model import ParameterSpec, TaskSpec
+from duftd.config.model import ParameterSpec, TaskSpec, script_file_problem
 from duftd.config.source import JsonDoc, Reporter, Where, json_type, keep_extra, unknown_hint
 
 TASK_FIELDS = {
@@ -47,34 +47,22 @@ def name_problem(name: str) -> str | None:
     return f"contains {shown}"
 
 
-def script_problem(folder: Path, name: str) -> tuple[str | None, str | None]:
-    """``(error, warning)`` about a ``pythonFile`` value, checked against ``folder``."""
+def python_file_problem(folder: Path, name: str) -> str | None:
+    """Why a ``pythonFile`` value is not a bare script name (the file is checked apart)."""
     must = f"pythonFile {name!r} must be a bare file name inside {folder}"
     if not name.strip():
-        return "pythonFile is empty; name the .py or .ipynb file in data_tasks/", None
+        return "pythonFile is empty; name the .py or .ipynb file in data_tasks/"
     if any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in name):
-        return f"pythonFile {name!r} contains control characters", None
+        return f"pythonFile {name!r} contains control characters"
     if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
-        return f"{must}, not an absolute path", None
+        return f"{must}, not an absolute path"
     if "/" in name or "\\" in name:
-        return f"{must}, without folders", None
+        return f"{must}, without folders"
     if name in (".", ".."):
-        return must, None
+        return must
     if Path(name).suffix.lower() not in SCRIPT_KINDS:
-        return f"pythonFile {name!r} must end in .py or .ipynb", None
-    warning = None
-    if " " in name:
-        warning = f"pythonFile {name!r} contains a space: it runs, but quote it in shells"
-    path = folder / name
-    if path.is_symlink() or path.exists():
-        target = path.resolve()
-        if not target.is_relative_to(folder.resolve()):
-            return f"pythonFile {name!r} is a link to {target}, outside {folder}", warning
-    if not path.exists():
-        return f"pythonFile {name!r} not found: expected {path}", warning
-    if not path.is_file():
-        return f"pythonFile {name!r} is not a file: {path}", warning
-    return None, warning
+        return f"pythonFile {name!r} must end in .py or .ipynb"
+    return None
 
 
 def read_task_file(reporter: Reporter, path: Path, app: str | None) -> list[TaskSpec]:
@@ -149,16 +137,22 @@ class _TaskBuilder:
             self.warn(key, f"unknown field {key!r}{unknown_hint(key, TASK_FIELDS)}")
         folder = self.path.parent / "data_tasks"
         python_file = raw.get("pythonFile")
-        if isinstance(python_file, str):
-            error, warning = script_problem(folder, python_file)
-            if error:
-                self.error("pythonFile", error)
-            if warning:
-                self.warn("pythonFile", warning)
-        else:
+        file_checked, file_problem = False, None
+        if not isinstance(python_file, str):
             found = "missing" if python_file is None else f"{json_type(python_file)}, not a name"
             self.error("pythonFile", f"pythonFile is {found}; name the .py or .ipynb file")
             python_file = ""
+        elif problem := python_file_problem(folder, python_file):
+            self.error("pythonFile", problem)
+        else:
+            if " " in python_file:
+                message = (
+                    f"pythonFile {python_file!r} contains a space: it runs, but quote it in shells"
+                )
+                self.warn("pythonFile", message)
+            file_checked, file_problem = True, script_file_problem(folder, python_file)
+            if file_problem:
+                self.error("pythonFile", file_problem)
         task = TaskSpec(
             id=tid,
             address=tid if app is None else f"{app}:{tid}",
@@ -179,6 +173,7 @@ class _TaskBuilder:
             problems=self.problems,
         )
         keep_extra(task, raw, TASK_FIELDS)
+        task._file_checked, task._file_problem = file_checked, file_problem
         return task
 
     def text(self, key: str, default: str) -> str:

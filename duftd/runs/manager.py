@@ -7,9 +7,10 @@ here, and nowhere else. One :class:`RunSupervisor` per running run does the proc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
-import signal
+import shutil
 import sys
 import time
 from collections import deque
@@ -37,12 +38,17 @@ SETTLE_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True)
 class WorkerEndpoints:
-    """Where workers reach the daemon, and the folders they are told about."""
+    """Where workers reach the daemon, and the folders runs use."""
 
     control: str
     ingest: str
-    config_dir: Path
     data_dir: Path
+    runs_dir: Path  # per-run folders: executed notebooks, executeFromRoot copies
+
+
+def token_hash(token: bytes) -> str:
+    """What the store keeps of a run token: enough to recognise it, useless to forge."""
+    return hashlib.sha256(token).hexdigest()
 
 
 @dataclass(eq=False)
@@ -175,7 +181,13 @@ class RunManager:
     async def _execute(self, run: LiveRun) -> None:
         """One run from starting to its recorded final state; failure is data, never raised."""
         try:
-            await self._transition(run, State.STARTING)
+            output = self._output_path(run)
+            await self._transition(
+                run,
+                State.STARTING,
+                token_hash=token_hash(run.link.token),
+                output=str(output) if output else None,
+            )
             supervisor = RunSupervisor(self._launch_spec(run), lambda k, d: self._emit(run, k, d))
             try:
                 pid = await supervisor.start()
@@ -196,21 +208,44 @@ class RunManager:
         if self.ingest is not None:
             await self.ingest.settle(run.link, SETTLE_TIMEOUT_S)
 
+    def _run_dir(self, run: LiveRun) -> Path:
+        return self.endpoints.runs_dir / str(run.id)
+
+    def _output_path(self, run: LiveRun) -> Path | None:
+        """Where a notebook run's executed copy is written (None for scripts)."""
+        if run.task.kind != "notebook":
+            return None
+        return self._run_dir(run) / run.task.script_path.name
+
     def _launch_spec(self, run: LiveRun) -> LaunchSpec:
         task = run.task
         endpoints = self.endpoints
-        env = spawn.worker_environment(
-            {
-                wire.ENV_RUN_ID: str(run.id),
-                wire.ENV_RUN_TOKEN: run.link.token.decode(),
-                wire.ENV_CONTROL: endpoints.control,
-                wire.ENV_INGEST: endpoints.ingest,
-                wire.ENV_CONFIG_DIR: str(run.config.root),
-            }
-        )
-        # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
-        argv = [sys.executable, str(task.script_path), json.dumps(run.params)]
-        return LaunchSpec(argv, task.data_tasks_dir, env, task.timeout_seconds, self.cancel_grace_s)
+        token = run.link.token.decode()
+        extra = {
+            wire.ENV_RUN_ID: str(run.id),
+            wire.ENV_RUN_TOKEN: token,
+            wire.ENV_CONTROL: endpoints.control,
+            wire.ENV_INGEST: endpoints.ingest,
+            wire.ENV_CONFIG_DIR: str(run.config.root),
+        }
+        script, cwd = task.script_path, task.data_tasks_dir
+        if task.execute_from_root:
+            # The task may replace duft-config itself: run a copy from the folder above it,
+            # with the task's own folder still importable.
+            copy_dir = self._run_dir(run) / "root-copy"
+            copy_dir.mkdir(parents=True, exist_ok=True)
+            script = Path(shutil.copy2(task.script_path, copy_dir / task.script_path.name))
+            cwd = run.config.root.parent
+            extra["PYTHONPATH"] = str(task.data_tasks_dir)
+        if task.kind == "notebook":
+            output = self._output_path(run)
+            argv = [sys.executable, "-m", "duftd.notebook.runner", str(script), str(output)]
+        else:
+            # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
+            argv = [sys.executable, str(script), json.dumps(run.params)]
+        env = spawn.worker_environment(extra)
+        marker = f"{wire.ENV_RUN_TOKEN}={token}"
+        return LaunchSpec(argv, cwd, env, task.timeout_seconds, self.cancel_grace_s, marker)
 
     # -- state -----------------------------------------------------------------
 
@@ -228,7 +263,17 @@ class RunManager:
     async def _finish(self, run: LiveRun, outcome: Outcome) -> None:
         """Record the final state (with error counts) and forget the live run."""
         channel = run.link.channel
+        failure = run.link.failure
+        if outcome.state == State.FAILED and failure and not outcome.detail.get("stopped_by"):
+            outcome = Outcome(
+                State.FAILED,
+                outcome.exit_code,
+                f"cell {failure.get('cell_index')} raised {failure.get('ename')}: "
+                f"{failure.get('evalue')}",
+                {"cell_index": failure.get("cell_index"), "traceback": failure.get("traceback")},
+            )
         reason = channel.redact(outcome.reason) if outcome.reason else None
+        self._tidy_run_dir(run)
         counts = {
             "error_count": channel.counts["error"],
             "warning_count": channel.counts["warning"],
@@ -255,22 +300,44 @@ class RunManager:
         run.finished.set()
         log.info("run finished", run_id=run.id, task=run.task.address, state=outcome.state)
 
+    def _tidy_run_dir(self, run: LiveRun) -> None:
+        """Drop an executeFromRoot copy; mask secrets in the executed notebook kept for the user."""
+        run_dir = self._run_dir(run)
+        shutil.rmtree(run_dir / "root-copy", ignore_errors=True)
+        output = self._output_path(run)
+        if output is not None and output.is_file() and run.link.channel.secrets:
+            output.write_text(run.link.channel.redact(output.read_text(encoding="utf-8")), encoding="utf-8")
+
     # -- daemon lifecycle ------------------------------------------------------
 
     async def reconcile(self) -> int:
         """Mark runs a previous daemon left unfinished as lost; kill their orphans."""
         lost = await self.store.unfinished_runs()
         for record in lost:
-            run_id, pid = record["id"], record["pid"]
+            run_id = record["id"]
             reason = f"duftd stopped while the run was {record['state']}"
-            if pid and f"{wire.ENV_RUN_ID}={run_id}\0".encode() in spawn.process_environ(pid):
-                spawn.signal_group(pid, signal.SIGKILL)
-                reason += f"; its orphaned worker (pid {pid}) was killed"
+            orphans = self._kill_orphans(run_id, record["token_hash"])
+            if orphans:
+                reason += f"; {orphans} orphaned worker process(es) killed"
             await self.store.update_run(run_id, state=State.LOST, ended_at=time.time(), reason=reason)
             channel = RunChannel(run_id, record["task_id"])
             channel.last_seq = await self.store.max_seq(run_id)
             self.pipeline.emit(channel, Kind.STATE, {"state": State.LOST, "reason": reason}, time.time())
         return len(lost)
+
+    @staticmethod
+    def _kill_orphans(run_id: int, expected_hash: str | None) -> int:
+        """Kill processes a dead daemon left for a run, recognised by the run's token."""
+        if not expected_hash:
+            return 0
+        killed = 0
+        for pid in spawn.processes_with_env(f"{wire.ENV_RUN_ID}={run_id}"):
+            environ = spawn.process_environ(pid).split(b"\0")
+            prefix = f"{wire.ENV_RUN_TOKEN}=".encode()
+            tokens = [entry[len(prefix) :] for entry in environ if entry.startswith(prefix)]
+            if tokens and token_hash(tokens[0]) == expected_hash:
+                killed += spawn.kill_marked(f"{wire.ENV_RUN_TOKEN}={tokens[0].decode()}")
+        return killed
 
     async def shutdown(self, reason: str = "duftd is shutting down") -> None:
         """Refuse new runs, cancel every live one and wait until each is recorded."""

@@ -46,6 +46,7 @@ class LaunchSpec:
     env: dict[str, str]
     timeout_s: float | None
     cancel_grace_s: float
+    marker: str  # an environment entry only this run's processes have (its token)
 
 
 class RunSupervisor:
@@ -95,8 +96,10 @@ class RunSupervisor:
             if not self._stop_requested.is_set():
                 self.stop(State.FAILED, f"timed out after {timeout:g} s (timeoutSeconds)")
             await self._terminate(exited)
-        # Whatever the task left running in its group ends with it.
+        # Whatever the task left running ends with it: its group, and any process that
+        # carries the run's token but left the group (a notebook's kernel does).
         spawn.signal_group(process.pid, signal.SIGKILL)
+        spawn.kill_marked(self._launch.marker)
         _, pending = await asyncio.wait(readers, timeout=READER_GRACE_S)
         for reader in pending:
             reader.cancel()

@@ -1,0 +1,1 @@
+"""Notebook tasks: parameter injection and the runner process that executes them."""

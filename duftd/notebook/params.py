@@ -1,0 +1,42 @@
+"""Putting a run's parameters into a notebook, the DUFT way or the papermill way.
+
+DUFT's convention: the first code cell is exactly ``params = {}`` and is replaced by
+``params = {...}``. papermill's: a cell tagged ``parameters`` keeps its defaults and a
+cell tagged ``injected-parameters`` is inserted after it. A notebook with neither gets
+the injected cell at the top, so ``params`` always exists.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+DUFT_PARAMS_CELL = re.compile(r"^\s*params\s*=\s*\{\s*\}\s*$")
+INJECTED_TAG = "injected-parameters"
+
+
+def _source(params: dict[str, Any], with_variables: bool) -> str:
+    lines = [f"params = {params!r}"]
+    if with_variables:  # papermill style: each parameter also as a variable of its own
+        lines += [f"{name} = {value!r}" for name, value in params.items() if name.isidentifier()]
+    return "\n".join(lines)
+
+
+def inject(nb: NotebookNode, params: dict[str, Any]) -> str:
+    """Inject ``params`` into ``nb`` in place; returns how ("duft", "tagged" or "top")."""
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    if code_cells and DUFT_PARAMS_CELL.match(code_cells[0].source):
+        code_cells[0].source = _source(params, with_variables=False)
+        code_cells[0].metadata.setdefault("tags", []).append(INJECTED_TAG)
+        return "duft"
+    cell = nbformat.v4.new_code_cell(_source(params, with_variables=True))
+    cell.metadata["tags"] = [INJECTED_TAG]
+    for index, existing in enumerate(nb.cells):
+        if "parameters" in existing.metadata.get("tags", []):
+            nb.cells.insert(index + 1, cell)
+            return "tagged"
+    nb.cells.insert(0, cell)
+    return "top"
