@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint format clean
+.PHONY: install run test bench lint format clean browser
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The browser test drives Debian's chromium (a tool's own browser download fails here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
 run: install
 	$(VENV)/bin/duftd
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install

@@ -106,8 +106,12 @@ class BusClient:
 
     def follow(self, run_id: int, after: int = 0, idle_poll_s: float = 1.0) -> Iterator[dict[str, Any]]:
         """Every event of a run after ``after``, history first then live, ending at its final
-        state: no gap (a missed number is fetched from the store) and no duplicate."""
+        state: no gap (a missed number is fetched from the store) and no duplicate.
+
+        Each event has the published shape (``v``, ``run_id``, ``task_id``, ``seq``, ``ts``,
+        ``kind``, ``data``) whether it came from the store or live."""
         run = self.request(Op.RUN, run=run_id)["run"]
+        stamp = {"v": 1, "run_id": run_id, "task_id": run["task_id"]}
         subscriber = self._context.socket(zmq.SUB)
         subscriber.linger = 0
         subscriber.connect(self.info.events)
@@ -115,7 +119,8 @@ class BusClient:
         last = after
         try:
             while True:
-                for event in self._backfill(run_id, last):
+                for stored in self._backfill(run_id, last):
+                    event = {**stamp, **stored}
                     last = event["seq"]
                     yield event
                     if is_final(event):

@@ -22,6 +22,9 @@ CONTROL_TIMEOUT_S = 30.0
 BATCH_LIMIT = 2000
 # Half the daemon's limit, so a batch of long lines is split rather than refused.
 MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
+# A longer text field of one event is cut to this; even JSON-escaped (6 bytes a character
+# at worst) it stays under MAX_BATCH_BYTES.
+MAX_FIELD_CHARS = MAX_BATCH_BYTES // 8
 
 
 class DaemonError(RuntimeError):
@@ -134,4 +137,15 @@ class EventSender:
             self._send(socket, batch[:half])
             self._send(socket, batch[half:])
             return
+        if len(body) > MAX_BATCH_BYTES:  # one event the daemon would refuse: keep its head
+            kind, ts, data = batch[0]
+            cut = {key: _cut(value) for key, value in data.items()}
+            body = json.dumps([[kind, ts, cut]], separators=(",", ":"), default=str).encode()
         socket.send_multipart([PROTOCOL, self._signer, sign(self._token, body), body])
+
+
+def _cut(value: Any) -> Any:
+    """A text field short enough to travel (its head and a note), anything else as it is."""
+    if not isinstance(value, str) or len(value) <= MAX_FIELD_CHARS:
+        return value
+    return f"{value[:MAX_FIELD_CHARS]}... [{len(value) - MAX_FIELD_CHARS} more characters cut]"

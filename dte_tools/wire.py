@@ -75,6 +75,8 @@ class Op:
     RUNS = "runs"
     EVENTS = "events"
     RELOAD = "reload"
+    SCHEDULES = "schedules"
+    TEST_CONNECTION = "test_connection"
     # Worker operations, signed with the run token.
     WORKER_HELLO = "worker.hello"
     WORKER_CONNECTION = "worker.connection"
@@ -91,7 +93,7 @@ class Kind:
     PROGRESS = "progress"  # {"done", "total", "message"?}
     STDOUT = "stdout"  # {"text"}
     STDERR = "stderr"  # {"text"}
-    CELL = "cell"  # {"phase": "started"|"finished", "index", "count"}
+    CELL = "cell"  # {"phase": "started"|"finished", "index", "number", "count", "status"?}
     NOTICE = "notice"  # {"message"}: something the daemon wants recorded with the run
     FAILURE = "failure"  # {"cell_index", "ename", "evalue", "traceback"}: a notebook's failing cell
     # Markers a worker's event sender puts first and last on ingest; never stored. They

@@ -6,27 +6,31 @@ the reply's ``result`` object, or raise a :class:`DuftError`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from duftd import __version__
+from duftd import __version__, connections
 from duftd.config import LoadedConfig, TaskSpec, load_config, resolve_connection
 from duftd.control import Caller, Handler
 from duftd.errors import UnauthorizedError
 from duftd.ingest import Ingest
 from duftd.protocol import (
     ConnectionArgs,
+    ConnectionTestArgs,
     EventsArgs,
     NoArgs,
     RunArgs,
     RunsArgs,
+    SchedulesArgs,
     SubmitArgs,
     TaskArgs,
     TasksArgs,
 )
 from duftd.runs.manager import RunManager
+from duftd.scheduler import Scheduler
 from dte_tools import locate
 from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Op
 
@@ -60,10 +64,17 @@ def task_summary(task: TaskSpec, config: LoadedConfig) -> dict[str, Any]:
 
 
 class Commands:
-    def __init__(self, manager: RunManager, ingest: Ingest, started_at: float) -> None:
+    def __init__(
+        self,
+        manager: RunManager,
+        ingest: Ingest,
+        started_at: float,
+        scheduler: Scheduler | None = None,
+    ) -> None:
         self._manager = manager
         self._ingest = ingest
         self._started_at = started_at
+        self._scheduler = scheduler
 
     def handlers(self) -> dict[str, Handler]:
         table: dict[str, Callable[..., Any]] = {
@@ -76,6 +87,8 @@ class Commands:
             Op.RUNS: self.runs,
             Op.EVENTS: self.events,
             Op.RELOAD: self.reload,
+            Op.SCHEDULES: self.schedules,
+            Op.TEST_CONNECTION: self.test_connection,
             Op.WORKER_HELLO: self.worker_hello,
             Op.WORKER_CONNECTION: self.worker_connection,
         }
@@ -154,6 +167,8 @@ class Commands:
         """-> {config, tasks, runnable, errors, warnings}; live runs keep their spec."""
         config = load_config(self._manager.config.root)
         self._manager.reload(config)
+        if self._scheduler is not None:
+            self._scheduler.reload(config)
         severities = [d.severity for d in config.diagnostics]
         return {
             "config": str(config.root),
@@ -162,6 +177,33 @@ class Commands:
             "errors": severities.count("error"),
             "warnings": severities.count("warning"),
         }
+
+    async def schedules(self, caller: Caller, args: SchedulesArgs) -> dict[str, Any]:
+        """{count?=3} -> {timezone, utc_offset, now: {iso, ts}, schedules: [{key, task,
+        description, cron, next: [{iso, ts}], last: {due, fired, outcome, run?, message?}
+        | null}]}; times are the machine's local time, cron has seconds first."""
+        if self._scheduler is None:
+            return {"timezone": "", "utc_offset": "", "now": None, "schedules": []}
+        return self._scheduler.describe(args.count)
+
+    async def test_connection(self, caller: Caller, args: ConnectionTestArgs) -> dict[str, Any]:
+        """{id, timeout_s?=10} -> {id, type, target, query, ok, seconds, message, result}.
+
+        Connects with the user's values as duftd has them loaded and runs the
+        connection's testquery (or SELECT 1). A failure is ``ok: false`` with the
+        driver's message; secrets are masked everywhere. unknown_connection when the id
+        is neither declared nor has values.
+        """
+        manager = self._manager
+        target = connections.find_target(manager.config, args.id, manager.endpoints.data_dir)
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(connections.run_test, target, args.timeout_s),
+                args.timeout_s + 5.0,  # the drivers' own timeouts should end it first
+            )
+        except TimeoutError:
+            result = connections.timed_out(target, args.timeout_s + 5.0)
+        return result.to_dict()
 
     async def worker_hello(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """(worker) -> {run_id, task_id, task_name, params, connections, config_dir,

@@ -117,10 +117,13 @@ class ControlServer:
             reply = {"id": request_id, "ok": False, "error": error.to_dict()}
         except Exception as error:  # noqa: BLE001 - the loop must outlive any handler bug
             log.exception("control handler failed")
+            # Only the type: an exception's text can hold reprs of live objects (run tokens,
+            # connection values), which must not travel to a client.
+            message = f"duftd internal error ({type(error).__name__}); duftd's log has the details"
             reply = {
                 "id": request_id,
                 "ok": False,
-                "error": {"code": "internal", "message": f"duftd internal error: {error!r}"},
+                "error": {"code": "internal", "message": message},
             }
         body = json.dumps(reply, separators=(",", ":"), default=str).encode()
         signature = sign(key, body) if key else b""

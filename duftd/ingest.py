@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ BURST = 256
 LOG_LEVELS = frozenset({"info", "warning", "error"})
 # What a worker may say about itself; run states belong to the daemon.
 WORKER_KINDS = frozenset(
-    {Kind.LOG, Kind.PROGRESS, Kind.STDOUT, Kind.STDERR, Kind.CELL, Kind.NOTICE}
+    {Kind.LOG, Kind.PROGRESS, Kind.STDOUT, Kind.STDERR, Kind.CELL, Kind.NOTICE, Kind.FAILURE}
 )
 
 
@@ -39,17 +40,30 @@ class WorkerLink:
     failure: dict[str, Any] | None = None  # a notebook runner's report of its failing cell
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _valid_event(item: Any) -> bool:
     if not (isinstance(item, list) and len(item) == 3):
         return False
     kind, ts, data = item
-    if not isinstance(data, dict) or not isinstance(ts, int | float):
+    # A NaN or infinite time cannot be stored (SQLite keeps NaN as NULL) and would fail the
+    # whole batch it is written in, other runs' events included.
+    if not isinstance(data, dict) or not _finite(ts):
         return False
     if kind == Kind.LOG:
         return data.get("level") in LOG_LEVELS and isinstance(data.get("message"), str)
     if kind == Kind.PROGRESS:
-        return isinstance(data.get("done"), int | float) and isinstance(
-            data.get("total"), int | float
+        return _finite(data.get("done")) and _finite(data.get("total"))
+    if kind == Kind.FAILURE:  # becomes the run's reason: only the shape the runner sends
+        traceback = data.get("traceback")
+        return (
+            isinstance(data.get("cell_index"), int)
+            and isinstance(data.get("ename"), str)
+            and isinstance(data.get("evalue"), str)
+            and isinstance(traceback, list)
+            and all(isinstance(line, str) for line in traceback)
         )
     return kind in WORKER_KINDS or kind in (Kind.SENDER_OPEN, Kind.SENDER_CLOSED)
 
@@ -104,7 +118,7 @@ class Ingest:
             return
         try:
             events = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             self.dropped["bad_json"] += 1
             return
         if not isinstance(events, list):

@@ -26,6 +26,10 @@ MASK = "********"
 BACKLOG_LIMIT = 50_000
 # Small batches bound how long one write holds the event loop (control latency).
 BATCH_LIMIT = 500
+# Event data nested deeper than this is replaced: Python's json cannot decode it near its
+# recursion limit, so a client would fail on the run's history.
+MAX_DEPTH = 64
+UNENCODABLE = '{"unencodable":"event data was not strict JSON or nested too deeply"}'
 
 
 @dataclass(eq=False)
@@ -52,6 +56,31 @@ class RunChannel:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursing)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _encode(data: dict[str, Any]) -> str:
+    """An event's data as strict JSON (what browsers parse) that any client can decode back,
+    whatever a worker sent."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), default=str, allow_nan=False)
+        # Counting brackets is cheap; only text with many of them is measured properly.
+        if text.count("[") + text.count("{") <= MAX_DEPTH or _depth(data) <= MAX_DEPTH:
+            return text
+    except (ValueError, RecursionError):  # NaN or infinity, or nesting too deep to encode
+        pass
+    log.warning("event data replaced: not strict JSON, or nested too deeply")
+    return UNENCODABLE
 
 
 class EventPipeline:
@@ -105,7 +134,7 @@ class EventPipeline:
         for channel, ts, kind, data in batch:
             channel.last_seq += 1
             seq = channel.last_seq
-            text = json.dumps(data, separators=(",", ":"), default=str)
+            text = _encode(data)
             if channel.secrets:
                 text = channel.redact(text)
             rows.append((channel.run_id, seq, ts, kind, text))

@@ -70,6 +70,15 @@ class ConnectionArgs(Strict):
     id: ShortText
 
 
+class SchedulesArgs(Strict):
+    count: int = Field(default=3, ge=1, le=50)  # next firings per schedule
+
+
+class ConnectionTestArgs(Strict):
+    id: ShortText
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
 ARGS: dict[str, type[Strict]] = {
     Op.HEALTH: NoArgs,
     Op.TASKS: TasksArgs,
@@ -80,6 +89,8 @@ ARGS: dict[str, type[Strict]] = {
     Op.RUNS: RunsArgs,
     Op.EVENTS: EventsArgs,
     Op.RELOAD: NoArgs,
+    Op.SCHEDULES: SchedulesArgs,
+    Op.TEST_CONNECTION: ConnectionTestArgs,
     Op.WORKER_HELLO: NoArgs,
     Op.WORKER_CONNECTION: ConnectionArgs,
 }

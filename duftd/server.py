@@ -32,6 +32,7 @@ from duftd.ingest import Ingest
 from duftd.pipeline import EventPipeline
 from duftd.publisher import PUB_HIGH_WATER_MARK, Publisher
 from duftd.runs.manager import RunManager, WorkerEndpoints
+from duftd.scheduler import Scheduler
 from duftd.store import Store
 from dte_tools import locate
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
@@ -104,7 +105,8 @@ class Daemon:
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
         self.manager.ingest = ingest
-        commands = Commands(self.manager, ingest, self.started_at)
+        scheduler = Scheduler(self.manager, config)
+        commands = Commands(self.manager, ingest, self.started_at, scheduler)
         control = ControlServer(
             sockets["control"], key.encode(), commands.handlers(), self.manager.live_run
         )
@@ -113,6 +115,7 @@ class Daemon:
             asyncio.create_task(ingest.run(), name="ingest"),
             asyncio.create_task(control.run(), name="control"),
             asyncio.create_task(self._retention(), name="retention"),
+            asyncio.create_task(scheduler.run(), name="scheduler"),
         ]
         lost = await self.manager.reconcile()
         path = connection_file.write(

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
-from clients.cli import render, validate
+from clients.cli import connections, render, schedules, validate
 from duftd.config import parse_cli_assignments
 from duftd.errors import ParameterError
-from dte_tools.wire import Op
+from dte_tools.wire import ACTIVE_STATES, Op
 
 RUN_COLUMNS = [
     ("id", "RUN"),
@@ -147,10 +147,39 @@ def cmd_output(args: argparse.Namespace, client: BusClient) -> int:
     if args.json:
         render.as_json({"run": run["id"], "output": run["output"]})
         return 0
+    run_id, state = run["id"], run["state"]
     if not run["output"]:
-        print(f"duft: run {run['id']} of {run['task_id']} is a script run: only notebook runs keep an executed copy", file=sys.stderr)
+        print(
+            f"duft: run {run_id} of {run['task_id']} is a script run: "
+            "only notebook runs keep an executed copy",
+            file=sys.stderr,
+        )
         return 2
+    if not Path(run["output"]).is_file():
+        if state not in ACTIVE_STATES:
+            print(
+                f"duft: run {run_id} ({state}) kept no executed notebook: its runner "
+                f"ended before writing one (`duft logs {run_id}` shows why)",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"duft: run {run_id} is {state}; its notebook is written here when it ends",
+            file=sys.stderr,
+        )
     print(run["output"])
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace, client: BusClient) -> int:
+    result = client.request(Op.RELOAD)
+    if args.json:
+        render.as_json(result)
+    else:
+        print(
+            f"reloaded {result['config']}: {result['tasks']} tasks ({result['runnable']} "
+            f"runnable), {result['errors']} errors, {result['warnings']} warnings"
+        )
     return 0
 
 
@@ -181,6 +210,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "output": cmd_output,
+    "reload": cmd_reload,
 }
 
 
@@ -213,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
     command("cancel", "cancel a queued or running run").add_argument("run", type=int)
     command("output", "where a notebook run's executed copy (with outputs) is").add_argument("run", type=int)
+    command("reload", "make duftd read duft-config again (tasks, connections, schedules)")
     validate.add_parser(sub)
+    schedules.add_parser(sub)
+    connections.add_parsers(sub)
     return parser
 
 
@@ -221,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.func is validate.run:
         return validate.run(args)
+    if getattr(args, "standalone", False):  # finds (or does without) the daemon itself
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            return 130
     try:
         with _client(args) as client:
             return args.func(args, client)

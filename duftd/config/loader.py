@@ -14,6 +14,8 @@ warning never stops anything. Decisions where DESIGN.md is silent:
   warning. Duplicate JSON keys (the later value wins, as in DUFT) are warned about.
 - A repeated connection id in one file is an error; the first entry is used.
 - Per connection id, one warning when used by tasks but without user values.
+- A ``scheduledDataTasks`` entry whose cron can never fire is an error (the entry is
+  dropped); one naming an unknown task is a warning.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from duftd.config.model import (
     TaskSpec,
     UserConfig,
 )
+from duftd.config.schedule import ScheduleError, cron_text
 from duftd.config.source import JsonDoc, Reporter, Where, json_type, keep_extra, unknown_hint
 from duftd.config.tasks import name_problem, read_task_file
 from duftd.errors import ConfigError, DuftError
@@ -180,13 +183,22 @@ class _Loader(Reporter):
                 where = doc.where(entry)
                 self.report("error", doc.rel, message, task=name, field=field, where=where)
                 continue
-            description = entry.get("description")
+            description, task = entry.get("description"), entry.get("task")
+            where = doc.where(entry)
+            try:
+                cron = cron_text(schedule)
+            except ScheduleError as error:
+                field = f"scheduledDataTasks.{name}.schedule"
+                message = f"{error}; this schedule never fires"
+                self.report("error", doc.rel, message, task=name, field=field, where=where)
+                continue
             item = ScheduledTask(
-                task=name,
+                task=task if isinstance(task, str) and task else name,
                 description=description if isinstance(description, str) else "",
                 schedule=schedule,
+                cron=cron,
             )
-            keep_extra(item, entry, {"description", "schedule"})
+            keep_extra(item, entry, {"description", "schedule", "task"})
             schedules[name] = item
         user = UserConfig(
             data_connection_parameters=values,
@@ -271,10 +283,10 @@ class _Loader(Reporter):
 
     def check_schedules(self, config: LoadedConfig) -> None:
         user_rel = self.rel(self.root / "user" / "config.json")
-        for name in config.user.scheduled_data_tasks:
+        for name, item in config.user.scheduled_data_tasks.items():
+            field = f"scheduledDataTasks.{name}"
             try:
-                config.task(name)
+                config.task(item.task)  # a task that cannot run is reported at the task
             except DuftError as exc:
-                field = f"scheduledDataTasks.{name}"
                 message = f"schedules a task that cannot be found: {exc}"
-                self.report("warning", user_rel, message, task=name, field=field)
+                self.report("warning", user_rel, message, task=item.task, field=field)

@@ -109,11 +109,17 @@ class ConnectionSpec(_Model):
 
 
 class ScheduledTask(_Model):
-    """A ``scheduledDataTasks`` entry; ``schedule`` is interpreted by the scheduler."""
+    """A ``scheduledDataTasks`` entry, keyed by its name in the file.
+
+    DUFT keys an entry by the task id it runs; an explicit ``task`` field (an address)
+    lets several schedules run one task. ``cron`` is the six-field expression (seconds
+    first) that :mod:`duftd.config.schedule` made of ``schedule``.
+    """
 
     task: str
     description: str = ""
     schedule: dict[str, Any] = Field(default_factory=dict)
+    cron: str = ""
 
 
 class UserConfig(_Model):

@@ -286,7 +286,8 @@ class RunManager:
             reason=reason,
             **counts,
         )
-        detail = {k: v for k, v in outcome.detail.items() if v}
+        # Drop empty values only: a failing notebook cell 0 is still cell 0.
+        detail = {k: v for k, v in outcome.detail.items() if v not in (None, [], "")}
         if "traceback" in detail:
             detail["traceback"] = [channel.redact(line) for line in detail["traceback"]]
         self._emit_state(

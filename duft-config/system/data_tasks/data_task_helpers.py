@@ -37,6 +37,74 @@ def connect_sqlite(connection_params: dict[str, Any]) -> sqlite3.Connection:
     return sqlite3.connect(path)
 
 
+KINDS = {
+    "sqlite3": "sqlite3",
+    "sqlite": "sqlite3",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mariadb",
+}
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def connection_kind(connection_params: dict[str, Any]) -> str:
+    """The connection's ``type``, normalised: sqlite3, postgresql, mysql or mariadb."""
+    kind = str(connection_params.get("type") or "").strip()
+    found = KINDS.get(kind.lower())
+    if found is None:
+        raise ValueError(
+            f"connection type {kind or '(not set)'!r} is not one of sqlite3, postgresql, "
+            "mysql, mariadb; set type in duft-config/user/config.json"
+        )
+    return found
+
+
+def connect(connection_params: dict[str, Any], timeout: int = 30) -> Any:
+    """An open DB-API connection to a connection of any supported type.
+
+    Server drivers (psycopg, PyMySQL) are imported only when used. Close it when done
+    (``contextlib.closing``); nothing is committed for you.
+    """
+    kind = connection_kind(connection_params)
+    if kind == "sqlite3":
+        return connect_sqlite(connection_params)
+    server = connection_params.get("server")
+    if not server:
+        raise ValueError("this connection has no server; set it in duft-config/user/config.json")
+    port = int(connection_params.get("port") or DEFAULT_PORTS[kind])
+    user = connection_params.get("username") or None
+    password = connection_params.get("password")
+    database = connection_params.get("database") or None
+    if kind == "postgresql":
+        import psycopg
+
+        return psycopg.connect(
+            host=server,
+            port=port,
+            user=user,
+            password=password,
+            dbname=database,
+            connect_timeout=timeout,
+        )
+    import pymysql
+
+    return pymysql.connect(
+        host=server,
+        port=port,
+        user=user,
+        password=password or "",
+        database=database,
+        connect_timeout=timeout,
+        charset="utf8mb4",
+    )
+
+
+def paramstyle(connection_params: dict[str, Any]) -> str:
+    """The DB-API paramstyle of :func:`connect`'s connection: ``qmark`` or ``format``."""
+    return "qmark" if connection_kind(connection_params) == "sqlite3" else "format"
+
+
 def describe_connection(connection_params: dict[str, Any]) -> str:
     """A one-line description of a connection that is safe to log (never the password)."""
     kind = connection_params.get("type") or "unknown type"

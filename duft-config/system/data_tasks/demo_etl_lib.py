@@ -5,22 +5,46 @@ attached read-only; :func:`publish` then swaps all of them in at once, in one
 transaction. So a failed run leaves yesterday's tables intact, a dashboard never sees a
 half-built set, and running the ETL again gives identical tables.
 
-Only the standard library is used: the demo must work on a fresh machine.
+When the EMR is on a database server (the DEMO-ETL-SERVER task), :func:`extract_emr`
+first copies its tables into a private SQLite file through any DB-API connection, so
+the transformations are the same SQL whatever the source; and when the analysis
+database is a server (PostgreSQL), :func:`publish_to_server` loads the finished staging
+tables there in one transaction instead of :func:`publish`.
+
+Only the standard library is used: the demo must work on a fresh machine (the server
+paths take connections opened by the caller).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 STAGING = "staging_"
 ANALYSIS_TABLES = ("dim_client", "fact_visit", "fact_lab_result", "vl_suppression_by_month")
 VL_SUPPRESSED_BELOW = 1000  # copies/mL, the WHO threshold for viral suppression
 AGE_BANDS = ((1, "<1"), (5, "1-4"), (10, "5-9"), (15, "10-14"), (20, "15-19"), (25, "20-24"),
              (30, "25-29"), (35, "30-34"), (40, "35-39"), (45, "40-44"), (50, "45-49"))  # fmt: skip
+
+# The EMR tables the ETL reads, with the columns it needs (their SQLite types).
+EMR_TABLES = {
+    "facility": "facility_id INTEGER PRIMARY KEY, name TEXT, district TEXT, facility_type TEXT",
+    "client": "client_id INTEGER PRIMARY KEY, sex TEXT, birth_date TEXT, facility_id INTEGER, "
+    "enrolment_date TEXT, art_start_date TEXT",
+    "visit": "visit_id INTEGER PRIMARY KEY, client_id INTEGER, facility_id INTEGER, "
+    "visit_date TEXT, visit_type TEXT",
+    "lab_result": "lab_result_id INTEGER PRIMARY KEY, client_id INTEGER, facility_id INTEGER, "
+    "test_type TEXT, sample_date TEXT, result_value INTEGER, result_unit TEXT",
+}
+BATCH = 5000
+PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+# SQLite column types of the analysis tables -> a server's (PostgreSQL's) types.
+SERVER_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS ix_fact_visit_client ON fact_visit (client_id)",
@@ -199,3 +223,123 @@ def publish(
                 counts["lab_result"],
             ),
         )
+
+
+# -- sources and targets on database servers -------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A driver's value as SQLite stores the demo EMR: ISO text dates, plain numbers."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def extract_emr(source: Any, path: Path) -> dict[str, int]:
+    """Copy the EMR tables from ``source`` (any DB-API connection) into a new SQLite file.
+
+    Returns the row count per table. The file is built beside ``path`` and moved into
+    place at the end, like the demo EMR itself.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(path.name + ".building")
+    building.unlink(missing_ok=True)
+    counts: dict[str, int] = {}
+    with closing(sqlite3.connect(building)) as con:
+        for table, columns in EMR_TABLES.items():
+            names = [column.split()[0] for column in columns.split(", ")]
+            con.execute(f"CREATE TABLE {table} ({columns})")
+            insert = f"INSERT INTO {table} VALUES ({', '.join('?' * len(names))})"
+            cursor = source.cursor()
+            try:
+                cursor.execute(f"SELECT {', '.join(names)} FROM {table} ORDER BY {names[0]}")
+                counts[table] = 0
+                while batch := cursor.fetchmany(BATCH):
+                    con.executemany(insert, [tuple(_plain(v) for v in row) for row in batch])
+                    counts[table] += len(batch)
+            finally:
+                cursor.close()
+        con.commit()
+    source.rollback()  # end the read transaction a server driver may have opened
+    building.replace(path)
+    return counts
+
+
+def _server_column(info: Sequence[Any]) -> str:
+    """A server column definition from SQLite's ``PRAGMA table_info`` row."""
+    _, name, kind, not_null, _, primary_key = info
+    server_type = "DATE" if name.endswith("_date") else SERVER_TYPES.get(kind.upper(), "TEXT")
+    return (
+        f"{name} {server_type}"
+        + (" NOT NULL" if not_null else "")
+        + (" PRIMARY KEY" if primary_key else "")
+    )
+
+
+def publish_to_server(
+    target: Any,
+    paramstyle: str,
+    con: sqlite3.Connection,
+    reporting_date: date,
+    source_name: str,
+    counts: dict[str, int],
+) -> None:
+    """Replace every analysis table in a server database with the staging tables built in
+    the SQLite workspace ``con``, and record the run, in one transaction.
+
+    ``target`` is a DB-API connection whose DDL is transactional (PostgreSQL), so a
+    failure leaves the previous tables and readers never see a half-loaded set.
+    ``paramstyle`` is its driver's (``format`` for psycopg). Dates become DATE columns.
+    """
+    mark = PLACEHOLDERS.get(paramstyle)
+    if mark is None:
+        raise ValueError(f"paramstyle {paramstyle!r} is not one of {', '.join(PLACEHOLDERS)}")
+    cursor = target.cursor()
+    try:
+        for table in ANALYSIS_TABLES:
+            columns = con.execute(f"PRAGMA table_info({STAGING}{table})").fetchall()
+            dates = [i for i, column in enumerate(columns) if column[1].endswith("_date")]
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+            cursor.execute(f"CREATE TABLE {table} ({', '.join(map(_server_column, columns))})")
+            insert = f"INSERT INTO {table} VALUES ({', '.join([mark] * len(columns))})"
+            rows = con.execute(f"SELECT * FROM {STAGING}{table}")
+            while batch := rows.fetchmany(BATCH):
+                cursor.executemany(insert, [_as_dates(row, dates) for row in batch])
+        for statement in INDEXES:
+            cursor.execute(statement)
+        cursor.execute("DROP TABLE IF EXISTS etl_run_info")
+        cursor.execute(
+            """CREATE TABLE etl_run_info (run_at TEXT NOT NULL, reporting_date DATE NOT NULL,
+            source_file TEXT NOT NULL, source_facilities BIGINT NOT NULL,
+            source_clients BIGINT NOT NULL, source_visits BIGINT NOT NULL,
+            source_lab_results BIGINT NOT NULL)"""
+        )
+        cursor.execute(
+            f"INSERT INTO etl_run_info VALUES ({', '.join([mark] * 7)})",
+            (
+                datetime.now(UTC).isoformat(timespec="seconds"),
+                reporting_date,
+                source_name,
+                counts["facility"],
+                counts["client"],
+                counts["visit"],
+                counts["lab_result"],
+            ),
+        )
+        target.commit()
+    except BaseException:
+        target.rollback()
+        raise
+    finally:
+        cursor.close()
+
+
+def _as_dates(row: Sequence[Any], dates: list[int]) -> tuple[Any, ...]:
+    values = list(row)
+    for i in dates:
+        if values[i] is not None:
+            values[i] = date.fromisoformat(values[i])
+    return tuple(values)

@@ -1,0 +1,68 @@
+"""``make bench``: every figure beside its reference measured in the same run.
+
+Prints one table and writes the same figures to bench/results.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import cases
+from bench.common import Row, bench_config, spread
+from tests.harness import DaemonProcess
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def print_table(rows: list[Row]) -> None:
+    header = f"{'measure':<46} {'ours median (min-max)':>26} {'reference':<32} {'ref median (min-max)':>26} {'ratio':>7}  target"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row.name:<46} {spread(row.ours) + ' ' + row.unit:>26} {row.reference_name:<32} "
+            f"{spread(row.reference) + ' ' + row.unit:>26} {row.ratio:>7.2f}  {row.target}"
+        )
+        for key, value in row.notes.items():
+            print(f"{'':<48}{key}: {value}")
+
+
+def main() -> int:
+    scratch = Path(tempfile.mkdtemp(prefix="duftd-bench-"))
+    started = time.perf_counter()
+    rows: list[Row] = []
+    try:
+        config = bench_config(scratch)
+        queue_tasks = cases.generated_tasks(config, 1000)
+        daemon = DaemonProcess(config, scratch / "state", scratch / "data", ["--max-concurrent", "2"]).start()
+        try:
+            steps = [
+                ("idle memory", lambda: cases.idle_memory(daemon)),
+                ("script task", lambda: cases.script_task(daemon)),
+                ("notebook tasks", lambda: cases.notebook_tasks(daemon, scratch)),
+                ("event throughput", lambda: cases.throughput(daemon)),
+                ("control latency", lambda: cases.control_latency(daemon)),
+                ("queue", lambda: cases.queue(daemon, queue_tasks)),
+            ]
+            for name, step in steps:
+                print(f"[{time.perf_counter() - started:5.0f} s] {name}...", file=sys.stderr, flush=True)
+                rows += step()
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print_table(rows)
+    elapsed = time.perf_counter() - started
+    print(f"\n{len(rows)} rows in {elapsed:.0f} s; figures in {RESULTS}")
+    RESULTS.write_text(json.dumps({"elapsed_s": elapsed, "rows": [r.to_dict() for r in rows]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

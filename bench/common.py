@@ -1,0 +1,164 @@
+"""What every benchmark shares: timing statistics, rows, and generated task configs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import zmq
+
+from dte_tools.wire import FINAL_STATES, Kind, topic
+from tests.harness import DaemonProcess, add_script_task, copy_config
+
+PYTHON = sys.executable
+
+
+@dataclass
+class Row:
+    """One line of the table: our figure beside its reference, measured in the same run."""
+
+    name: str
+    unit: str
+    ours: list[float]
+    reference_name: str
+    reference: list[float]
+    higher_is_better: bool = False
+    target: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        ours, ref = statistics.median(self.ours), statistics.median(self.reference)
+        return ours / ref if ref else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ours_median": statistics.median(self.ours),
+                "reference_median": statistics.median(self.reference), "ratio": self.ratio}
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.4g} ({min(values):,.4g}–{max(values):,.4g})"
+
+
+def timed(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def run_bare(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
+    """Wall time of one process from start to exit; it must succeed."""
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_notebook(path: Path, cells: int) -> Path:
+    """A notebook with a DUFT ``params = {}`` first cell and ``cells - 1`` trivial code cells."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("params = {}")]
+    nb.cells += [nbformat.v4.new_code_cell(f"x{i} = {i} * 2") for i in range(cells - 1)]
+    nbformat.write(nb, path)
+    return path
+
+
+def bench_config(root: Path) -> Path:
+    """The embedded config plus the benchmark's own tasks."""
+    config = copy_config(root / "duft-config")
+    data_tasks = config / "system" / "data_tasks"
+    add_script_task(config, "BENCH-SCRIPT", SCRIPT_TASK)
+    add_script_task(config, "BENCH-FLOOD", FLOOD_TASK, supportedParameters={
+        "count": {"defaultValue": 100_000, "allowOverride": True}})
+    add_script_task(config, "BENCH-FLOOD-2", FLOOD_TASK, pythonFile="bench_flood.py",
+                    supportedParameters={"count": {"defaultValue": 100_000, "allowOverride": True}})
+    for cells in (20, 120):
+        make_notebook(data_tasks / f"bench_nb_{cells}.ipynb", cells)
+        tasks_file = config / "system" / "data_tasks.json"
+        document = json.loads(tasks_file.read_text())
+        document["dataTasks"].append({
+            "id": f"BENCH-NB-{cells}", "name": f"{cells} cells", "pythonFile": f"bench_nb_{cells}.ipynb",
+            "supportedParameters": {"name": {"defaultValue": "bench", "allowOverride": True}},
+        })
+        tasks_file.write_text(json.dumps(document, indent=2))
+    return config
+
+
+SCRIPT_TASK = '''\
+import sys
+from services.dte_tools.data_task_tools import find_json_arg, initialise_data_task
+
+params = find_json_arg(sys.argv)
+environment = initialise_data_task("Bench script", params=params)
+for i in range(10):
+    environment.log_message(f"line {i}")
+'''
+
+FLOOD_TASK = '''\
+import sys
+from dte_tools import find_json_arg, initialise_data_task
+
+params = find_json_arg(sys.argv)
+environment = initialise_data_task("Bench flood", params=params)
+count = int(params.get("count", 100000))
+for i in range(count if count > 0 else 10**12):
+    environment.log_message(f"event {i} of a benchmark flood, about the length of a real log line")
+'''
+
+
+class RunWatcher:
+    """A SUB socket on one task's topic, to time a run's events as a subscriber sees them."""
+
+    def __init__(self, daemon: DaemonProcess, task_id: str) -> None:
+        assert daemon.client is not None
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.rcvhwm = 0
+        self.socket.connect(daemon.client.info.events)
+        self.socket.subscribe(topic(task_id))
+        self.daemon = daemon
+        self.task_id = task_id
+        self._wait_until_subscribed()
+
+    def _wait_until_subscribed(self) -> None:
+        """Run the task once so the subscription is known to be live before timing."""
+        run = self.daemon.submit(self.task_id)["run"]
+        self.until_final(run["id"])
+
+    def until_final(self, run_id: int, timeout: float = 120.0) -> dict[str, Any]:
+        """Receive until the run's final state; returns first-log time and counts."""
+        first_log = None
+        logs = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.socket.poll(1000):
+                continue
+            _, body = self.socket.recv_multipart()
+            now = time.perf_counter()
+            for event in json.loads(body):
+                if event["run_id"] != run_id:
+                    continue
+                if event["kind"] == Kind.LOG:
+                    logs += 1
+                    first_log = first_log or now
+                if event["kind"] == Kind.STATE and event["data"]["state"] in FINAL_STATES:
+                    return {"first_log": first_log, "final": now, "logs": logs, "state": event["data"]["state"]}
+        raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
+
+    def close(self) -> None:
+        self.context.destroy(linger=0)

@@ -1,0 +1,415 @@
+"""duft-bridge: run and watch duftd's data tasks over HTTP, from a browser or DUFT's web UI.
+
+The HTTP server is aiohttp: it is asyncio-native, so the bridge's one event loop serves
+HTTP and talks ZeroMQ (``zmq.asyncio``) with no threads in between; its streaming
+responses carry Server-Sent Events directly; and it is its own server, so there is no
+ASGI framework plus separate ASGI server to install and run.
+
+Routes (JSON in and out; an error is ``{"error": {"code", "message"}}``)::
+
+    GET  /                              the page (static/), nothing fetched from elsewhere
+    GET  /api/health                    duftd's health (503 while it is not reachable)
+    GET  /api/tasks[?all=1]             visible tasks (all: hidden ones too)
+    GET  /api/tasks/{task}              one task, with its parameters
+    POST /api/tasks/{task}/runs         body: {param: value}; -> {run, ignored, joined}
+    GET  /api/runs[?task=&state=&limit=]
+    GET  /api/runs/{run}
+    POST /api/runs/{run}/cancel
+    GET  /api/runs/{run}/events         SSE, id = sequence number; resumes from
+                                        Last-Event-ID (or ?after=N); ends at the final state
+    GET  /api/events[?task=&kind=]      SSE of every run's events as they happen
+    POST /run-data-task                 DUFT's web UI (see clients.bridge.legacy)
+    GET  /api/v2/dte-status             DUFT's web UI
+    GET  /sse/dte/                      DUFT's web UI
+
+Statuses: 404 unknown task or run, 422 bad parameters, 400 bad request, 415 a POST that
+is not ``application/json`` (so a cross-site HTML form cannot start a run), 403 a request
+for a foreign Host (DNS rebinding) or from an origin that is not allowed, 503 duftd not
+reachable. The bridge binds loopback by default and never returns a secret: it only
+relays what duftd gives clients, which never includes a connection's values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from clients.bridge import legacy
+from clients.bridge.async_bus import AsyncBus, DaemonRefused, DaemonUnavailable
+from clients.bridge.sse import LiveFeed, follow_run, frame, only, tracked_stream
+from clients.bridge.web_io import (
+    BUS,
+    STREAMS,
+    HttpError,
+    bus_of,
+    error_response,
+    flag,
+    json_body,
+    status_for,
+    whole_number,
+)
+from dte_tools import locate
+from dte_tools.wire import Op
+
+log = logging.getLogger("duft.bridge")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+REQUESTED_BY = "duft-bridge"
+MAX_BODY_BYTES = 1024 * 1024
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # The page uses only its own files: no inline code, nothing from the internet.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+}
+
+POLICY = web.AppKey("policy", "AccessPolicy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- access policy ---------------------------------------------------------------------
+
+
+class AccessPolicy:
+    """Which Host names and cross-site origins the bridge answers."""
+
+    def __init__(self, bind_host: str, allowed_origins: Iterable[str] = ()) -> None:
+        self.check_host = _is_loopback(bind_host)
+        self.hosts = LOOPBACK_NAMES | {bind_host.strip("[]").lower()}
+        self.origins = {origin.rstrip("/") for origin in allowed_origins}
+
+    def host_allowed(self, request: web.Request) -> bool:
+        return not self.check_host or _hostname(request.host) in self.hosts
+
+    def origin_allowed(self, request: web.Request, origin: str) -> bool:
+        """Same origin, a loopback origin (any port), or one given with --allow-origin."""
+        if origin == f"{request.scheme}://{request.host}" or origin in self.origins:
+            return True
+        scheme, _, netloc = origin.partition("://")
+        return scheme in ("http", "https") and _hostname(netloc) in LOOPBACK_NAMES
+
+
+def _hostname(netloc: str) -> str:
+    """``host`` of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``, lowercased."""
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0].lower()
+    return (netloc.split(":", 1)[0] if netloc.count(":") == 1 else netloc).lower()
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes ``{"error": {"code", "message"}}`` with its status."""
+    try:
+        return await handler(request)
+    except HttpError as error:
+        return error_response(error.status, error.code, error.message)
+    except DaemonUnavailable as error:
+        return error_response(503, "daemon_unavailable", f"duftd is not reachable: {error}")
+    except DaemonRefused as error:
+        return error_response(status_for(error.code), error.code, error.message)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, _code_for(error.status), error.reason)
+    except Exception as error:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal", f"duft-bridge internal error: {error!r}")
+
+
+def _code_for(status: int) -> str:
+    return {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+        status, "bad_request"
+    )
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host, origin and content-type checks, and CORS preflight answers."""
+    policy = request.app[POLICY]
+    if not policy.host_allowed(request):
+        raise HttpError(403, "forbidden_host", f"this bridge does not serve host {request.host!r}")
+    origin = request.headers.get("Origin")
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if origin is None or not policy.origin_allowed(request, origin):
+            raise HttpError(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Content-Type, Authorization, Last-Event-ID",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+    if request.method == "POST":
+        if origin is not None and not policy.origin_allowed(request, origin):
+            raise HttpError(403, "forbidden_origin", f"origin {origin!r} may not post here")
+        if request.content_type != "application/json":
+            raise HttpError(
+                415,
+                "unsupported_media_type",
+                "send the request body as JSON with Content-Type: application/json",
+            )
+    return await handler(request)
+
+
+async def _response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Security headers on everything; CORS headers for an allowed foreign origin."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    origin = request.headers.get("Origin")
+    if origin is not None and request.app[POLICY].origin_allowed(request, origin):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+
+
+# -- request helpers -------------------------------------------------------------------
+
+
+def run_id_of(request: web.Request) -> int:
+    text = request.match_info["run"]
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) < 2**63:
+        raise HttpError(404, "unknown_run", f"no run has the id {text!r}")
+    return int(text)
+
+
+def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
+    return web.json_response(data, status=status, headers=headers or None)
+
+
+# -- handlers --------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def health(request: web.Request) -> web.Response:
+    result = await bus_of(request).request(Op.HEALTH)
+    return json_response({"daemon": result})
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    return json_response(await bus_of(request).request(Op.TASKS, all=flag(request, "all")))
+
+
+async def get_task(request: web.Request) -> web.Response:
+    return json_response(await bus_of(request).request(Op.TASK, task=request.match_info["task"]))
+
+
+async def submit_run(request: web.Request) -> web.Response:
+    params = await json_body(request, empty={})
+    if not isinstance(params, dict):
+        raise HttpError(400, "bad_request", "the body must be a JSON object of parameters")
+    result = await bus_of(request).request(
+        Op.SUBMIT, task=request.match_info["task"], params=params, requested_by=REQUESTED_BY
+    )
+    location = f"/api/runs/{result['run']['id']}"
+    return json_response(result, 200 if result["joined"] else 201, Location=location)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    args: dict[str, Any] = {}
+    for name in ("task", "state"):
+        if request.query.get(name):
+            args[name] = request.query[name]
+    if "limit" in request.query:
+        args["limit"] = whole_number(request.query["limit"], "limit", 1, 10_000)
+    return json_response(await bus_of(request).request(Op.RUNS, **args))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    return json_response(await bus_of(request).request(Op.RUN, run=run_id_of(request)))
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    await json_body(request, empty={})  # any body is ignored, but it must be JSON
+    return json_response(await bus_of(request).request(Op.CANCEL, run=run_id_of(request)))
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """SSE of one run: history then live, resuming after ``Last-Event-ID`` (or ``?after=``)."""
+    bus = bus_of(request)
+    run = (await bus.request(Op.RUN, run=run_id_of(request)))["run"]
+    resume = request.headers.get("Last-Event-ID", "").strip()
+    after = resume or request.query.get("after", "0")
+    after_seq = whole_number(after, "Last-Event-ID / after", 0, 2**63 - 1)
+    return await tracked_stream(
+        request, follow_run(bus, run, after_seq), lambda event: [frame(event, event["seq"])]
+    )
+
+
+async def all_events(request: web.Request) -> web.StreamResponse:
+    """SSE of every run's events as they happen; ``task=`` and ``kind=a,b`` narrow it."""
+    task = request.query.get("task") or None
+    kinds = {k for k in request.query.get("kind", "").split(",") if k} or None
+
+    def wanted(event: dict[str, Any]) -> bool:
+        if task is not None and event["task_id"] != task:
+            return False
+        return kinds is None or event["kind"] in kinds
+
+    return await tracked_stream(
+        request,
+        only(LiveFeed(bus_of(request)).events(), wanted, start=True),
+        lambda event: [frame(event)],
+    )
+
+
+# -- the application -------------------------------------------------------------------
+
+
+def create_app(
+    state_dir: Path | None = None,
+    *,
+    bind_host: str = DEFAULT_HOST,
+    allowed_origins: Iterable[str] = (),
+    bus: AsyncBus | None = None,
+) -> web.Application:
+    """The bridge's aiohttp application; its bus starts and stops with it."""
+    app = web.Application(
+        middlewares=[errors_middleware, guard_middleware], client_max_size=MAX_BODY_BYTES
+    )
+    app[BUS] = bus or AsyncBus(state_dir)
+    app[POLICY] = AccessPolicy(bind_host, allowed_origins)
+    app[STREAMS] = set()
+    app.on_response_prepare.append(_response_headers)
+    app.on_startup.append(_start_bus)
+    app.on_shutdown.append(_end_streams)
+    app.on_cleanup.append(_close_bus)
+
+    routes = app.router
+    routes.add_get("/", index)
+    routes.add_static("/static/", STATIC_DIR, append_version=False)
+    routes.add_get("/api/health", health)
+    routes.add_get("/api/tasks", list_tasks)
+    routes.add_get("/api/tasks/{task}", get_task)
+    routes.add_post("/api/tasks/{task}/runs", submit_run)
+    routes.add_get("/api/runs", list_runs)
+    routes.add_get("/api/runs/{run}", get_run)
+    routes.add_post("/api/runs/{run}/cancel", cancel_run)
+    routes.add_get("/api/runs/{run}/events", run_events)
+    routes.add_get("/api/events", all_events)
+    legacy.add_routes(routes)
+    return app
+
+
+async def _start_bus(app: web.Application) -> None:
+    await app[BUS].start()
+
+
+async def _end_streams(app: web.Application) -> None:
+    for task in list(app[STREAMS]):
+        task.cancel()
+
+
+async def _close_bus(app: web.Application) -> None:
+    await app[BUS].close()
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="duft-bridge",
+        description="Serve duftd's tasks and runs over HTTP: a page, a JSON API with SSE, "
+        "and the endpoints DUFT's web UI calls.",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="duftd's state folder with its connection file (default: $DUFT_STATE_DIR or ./.duftd)",
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (the bridge has no login: anyone who reaches it "
+        "can start and cancel runs)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (e.g. http://duft.local:8000) whose pages may call the bridge; "
+        "loopback origins always may",
+    )
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Start-up, serve until SIGINT/SIGTERM, then shut down within a bound."""
+    state_dir = args.state_dir or locate.default_state_dir()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = create_app(state_dir, bind_host=args.host, allowed_origins=args.allow_origin)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"duft-bridge: serving http://{shown}:{port}/ for duftd in {state_dir}", flush=True)
+        if not app[BUS].available:
+            print(f"duft-bridge: {app[BUS].unavailable_reason}; waiting for it", flush=True)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)  # a second Ctrl-C now interrupts the shutdown
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not _is_loopback(args.host) and not args.allow_remote:
+        parser.error(
+            f"--host {args.host} is not a loopback address; the bridge has no login, so "
+            "anyone who reaches it could start runs. Add --allow-remote if that is intended."
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as error:
+        print(f"duft-bridge: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    return 0

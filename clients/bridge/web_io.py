@@ -1,0 +1,77 @@
+"""Reading requests and writing errors: what every route of the bridge shares."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from clients.bridge.async_bus import AsyncBus
+
+BUS = web.AppKey("bus", AsyncBus)
+# The handler tasks of open streams, cancelled when the bridge shuts down.
+STREAMS = web.AppKey("streams", set)
+
+# duftd's error codes (duftd.errors) -> HTTP status; any other code is a 502 (bad gateway).
+STATUS_BY_CODE = {
+    "unknown_task": 404,
+    "unknown_run": 404,
+    "bad_parameter": 422,
+    "bad_request": 400,
+    "ambiguous_task": 400,
+    "task_not_runnable": 409,
+    "shutting_down": 503,
+    "unauthorized": 503,  # the bridge's key is not (yet) the running daemon's
+}
+
+
+class HttpError(Exception):
+    """A refusal made by the bridge itself."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def status_for(code: str) -> int:
+    return STATUS_BY_CODE.get(code, 502)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def bus_of(request: web.Request) -> AsyncBus:
+    return request.app[BUS]
+
+
+def flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise HttpError(400, "bad_request", f"{name} must be 1 or 0, got {value!r}")
+
+
+def whole_number(text: str, name: str, low: int, high: int) -> int:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise HttpError(400, "bad_request", f"{name} must be a whole number {low}..{high}")
+    return int(text)
+
+
+async def json_body(request: web.Request, empty: Any = None) -> Any:
+    """The request's JSON body (``empty`` if there is none); 400 if it is not JSON."""
+    raw = await request.read()
+    if not raw.strip():
+        if empty is None:
+            raise HttpError(400, "bad_request", "the request needs a JSON body")
+        return empty
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise HttpError(400, "bad_request", f"the body is not valid JSON: {error}") from None
