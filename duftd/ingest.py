@@ -22,6 +22,7 @@ from duftd.pipeline import EventPipeline, RunChannel
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, RUN_SIGNER_PREFIX, Kind, verify
 
 BURST = 256
+SETTLE_DRAIN_LIMIT = 4 * BURST
 LOG_LEVELS = frozenset({"info", "warning", "error"})
 # What a worker may say about itself; run states belong to the daemon.
 WORKER_KINDS = frozenset(
@@ -33,7 +34,7 @@ WORKER_KINDS = frozenset(
 class WorkerLink:
     """A live run as ingest sees it: its token, its channel, and its open senders."""
 
-    token: bytes
+    token: bytes = field(repr=False)
     channel: RunChannel
     open_senders: int = 0
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -150,12 +151,15 @@ class Ingest:
             return None
         return self._lookup(run_id)
 
-    async def settle(self, link: WorkerLink, timeout: float) -> None:
-        """After a worker exits: take in what it sent, waiting (bounded) for its last batch."""
-        self.drain_now()
-        if link.open_senders:
+    async def settle(self, link: WorkerLink, timeout: float | None) -> None:
+        """After a worker exits: take in what it already sent; with a ``timeout``, also wait
+        (bounded) for each of its senders' closing marker, which follows its last batch.
+
+        Draining is bounded too: other runs may be streaming without pause.
+        """
+        self.drain_now(SETTLE_DRAIN_LIMIT)
+        if timeout is not None and link.open_senders:
             try:
                 await asyncio.wait_for(link.all_closed.wait(), timeout)
             except TimeoutError:
                 self.dropped["sender_not_closed"] += 1
-        self.drain_now()

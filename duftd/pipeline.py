@@ -38,7 +38,7 @@ class RunChannel:
 
     run_id: int
     task_id: str
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     last_seq: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     topic: bytes = b""

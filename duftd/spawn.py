@@ -41,6 +41,30 @@ async def start_worker(
     )
 
 
+async def wait_exit(process: asyncio.subprocess.Process) -> int:
+    """The process's exit status, as soon as it exits.
+
+    ``Process.wait()`` also waits for the output pipes to close, which a leftover child
+    holding them could delay forever; a pidfd says when the process itself is gone.
+    """
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        pidfd = None
+    if pidfd is not None:
+        loop = asyncio.get_running_loop()
+        gone = loop.create_future()
+        loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+        try:
+            await gone
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+    while process.returncode is None:  # the child watcher reaps it a moment later
+        await asyncio.sleep(0.001)
+    return process.returncode
+
+
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
     """Send ``sig`` to a whole process group; False when no process of it is left."""
     try:

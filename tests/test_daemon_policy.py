@@ -69,14 +69,6 @@ def test_second_submit_joins_the_queued_run(
     assert daemon.wait_final(first["run"]["id"])["state"] == "succeeded"
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: duftd/runs/manager.py RunManager.submit checks _active_by_task, then awaits "
-        "store.create_run before registering the run, so submits handled concurrently all see "
-        "no active run and each start one"
-    ),
-    strict=True,
-)
 def test_simultaneous_submits_of_a_task_start_one_run(
     config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
@@ -148,16 +140,8 @@ def test_cancel_kills_the_whole_process_tree(
     wait_gone(list(pids.values()))
 
 
-# Python 3.11's asyncio Process.wait() resolves only once the worker's stdout and stderr
-# pipes are closed, and RunSupervisor.wait() waits on it before kill_marked() runs.
-PIPES_BUG = (
-    "BUG: duftd/runs/supervisor.py RunSupervisor.wait/_terminate await process.wait(), which "
-    "on Python 3.11 also waits for the output pipes to close; a child that left the process "
-    "group and kept them open stops the run from ever ending (kill_marked runs only after)"
-)
 
 
-@pytest.mark.xfail(reason=PIPES_BUG, strict=True)
 def test_cancel_ends_a_run_whose_escaped_child_holds_its_output(
     config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
@@ -176,7 +160,6 @@ def test_cancel_ends_a_run_whose_escaped_child_holds_its_output(
             os.kill(pids["escaped"], signal.SIGKILL)  # so the daemon can stop at teardown
 
 
-@pytest.mark.xfail(reason=PIPES_BUG, strict=True)
 def test_run_ends_when_its_worker_exits_leaving_a_detached_child(
     config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
@@ -249,15 +232,6 @@ def test_timeout_fails_a_hanging_run(
     wait_gone([pid])
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: duftd/runs/manager.py RunManager.cancel trusts run.state == QUEUED, but _pump has "
-        "already popped the run while _execute awaits the store before setting STARTING; "
-        "_queue.remove() raises ValueError -> 'internal' reply, the run is not cancelled (and "
-        "shutdown raises the same way, hanging duftd on SIGTERM)"
-    ),
-    strict=True,
-)
 def test_cancel_right_after_submit_cancels_the_run(
     config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
@@ -276,14 +250,6 @@ def test_cancel_right_after_submit_cancels_the_run(
         assert daemon.wait_final(run_id, timeout=10)["state"] == "cancelled"
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: a killed worker's event sender never sends sender.closed, yet "
-        "RunManager._settle -> Ingest.settle waits SETTLE_TIMEOUT_S (2 s) for it after every "
-        "cancel or timeout and counts a 'sender_not_closed' drop that is no fault of anyone"
-    ),
-    strict=True,
-)
 def test_cancelling_a_logging_task_drops_nothing(daemon: DaemonProcess) -> None:
     """Cancelling a run that logs through dte_tools records it promptly and counts no drop."""
     run_id = daemon.submit("SLOW-SAMPLE")["run"]["id"]

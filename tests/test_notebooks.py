@@ -239,12 +239,14 @@ def test_log_from_a_running_cell_reaches_a_follower_before_the_cell_ends(
         seen.append(event)
         if event["kind"] == Kind.LOG and event["data"]["message"] == marker:
             assert not gate.exists()
+            # The runner and the kernel send on sockets of their own, so only "cell 2 has not
+            # finished" is certain here, not whether cell 1's end arrived before the marker.
             finished = [
-                e for e in seen if e["kind"] == Kind.CELL and e["data"]["phase"] == "finished"
+                e["data"]["index"]
+                for e in seen
+                if e["kind"] == Kind.CELL and e["data"]["phase"] == "finished"
             ]
-            assert [e["data"]["index"] for e in finished] == [0, 1], (
-                "the logging cell must still be running"
-            )
+            assert 2 not in finished, "the logging cell must still be running"
             gate.touch()
     assert seen[-1]["data"]["state"] == "succeeded", seen[-1]
     assert gate.exists()

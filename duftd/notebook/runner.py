@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbformat import NotebookNode
 
 from dte_tools.backends import DaemonBackend
-from dte_tools.wire import Kind
+from dte_tools.wire import ENV_RUN_TOKEN, Kind
 from duftd.notebook.kernel import KERNEL_NAME, ProjectKernelSpecManager
 from duftd.notebook.params import inject
+from duftd.notebook.scratch import kernel_dir
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Run in the kernel after the last cell: deliver the task's queued events before the
@@ -131,13 +133,14 @@ async def close_task_tools(client: NotebookClient, bound_s: float) -> None:
         pass
 
 
-def kernel_manager(sockets_dir: Path) -> AsyncKernelManager:
+def kernel_manager(folder: Path) -> AsyncKernelManager:
     """A manager for a kernel of this environment, talking over private IPC sockets."""
     manager = AsyncKernelManager(
         kernel_name=KERNEL_NAME, kernel_spec_manager=ProjectKernelSpecManager()
     )
     manager.transport = "ipc"  # no TCP ports to take, nothing in plain text on the network
-    manager.ip = str(sockets_dir / "kernel")
+    manager.ip = str(folder / "kernel")
+    manager.connection_file = str(folder / "kernel.json")
     return manager
 
 
@@ -209,10 +212,16 @@ async def shutdown_kernel(client: NotebookClient) -> None:
         await ensure_async(km.cleanup_resources())
 
 
-async def execute(nb: NotebookNode, backend: DaemonBackend, cwd: Path) -> Result:
-    """Run every cell; returns the failure (cell, exception, traceback) and any stop signal."""
-    with tempfile.TemporaryDirectory(prefix="duftd-kernel-") as sockets_dir:
-        return await _execute(nb, backend, cwd, kernel_manager(Path(sockets_dir)))
+async def execute(nb: NotebookNode, backend: DaemonBackend, cwd: Path, folder: Path) -> Result:
+    """Run every cell; returns the failure (cell, exception, traceback) and any stop signal.
+
+    ``folder`` (created here, removed after) holds the kernel's sockets and connection file.
+    """
+    folder.mkdir(mode=0o700)
+    try:
+        return await _execute(nb, backend, cwd, kernel_manager(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _execute(
@@ -280,7 +289,8 @@ def main(argv: list[str]) -> int:
         backend.emit(Kind.NOTICE, {"message": message})
     result = Result()
     try:
-        result = asyncio.run(execute(nb, backend, Path.cwd()))
+        folder = kernel_dir(os.environ[ENV_RUN_TOKEN])
+        result = asyncio.run(execute(nb, backend, Path.cwd(), folder))
     finally:
         write_notebook(nb, output_path)
     code = 0

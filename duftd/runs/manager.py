@@ -21,9 +21,16 @@ from typing import Any
 import structlog
 
 from duftd import spawn
-from duftd.config import LoadedConfig, TaskSpec, resolve_parameters, secret_values
+from duftd.config import (
+    LoadedConfig,
+    ResolvedParameters,
+    TaskSpec,
+    resolve_parameters,
+    secret_values,
+)
 from duftd.errors import ShuttingDownError, UnknownRunError
 from duftd.ingest import Ingest, WorkerLink
+from duftd.notebook.scratch import kernel_dir
 from duftd.pipeline import EventPipeline, RunChannel
 from duftd.runs.supervisor import LaunchSpec, Outcome, RunSupervisor
 from duftd.store import Store
@@ -32,8 +39,9 @@ from dte_tools.wire import ACTIVE_STATES, Kind, State
 
 log = structlog.get_logger("duftd.runs")
 
-# How long a finished worker's last events may take to arrive before the final state.
-SETTLE_TIMEOUT_S = 2.0
+# How long a worker that ended on its own may take to deliver its last events (its
+# senders' closing markers) before the final state is recorded.
+SETTLE_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,9 @@ class LiveRun:
 
     id: int
     task: TaskSpec
-    config: LoadedConfig  # the config as it was at submit: a reload does not change a live run
+    # The config as it was at submit (a reload does not change a live run); kept out of
+    # repr because it holds the user's connection values.
+    config: LoadedConfig = field(repr=False)
     params: dict[str, Any]
     link: WorkerLink
     state: str = State.QUEUED
@@ -86,6 +96,7 @@ class RunManager:
         self._live: dict[int, LiveRun] = {}
         self._active_by_task: dict[str, LiveRun] = {}
         self._queue: deque[LiveRun] = deque()
+        self._submit_locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = True
 
@@ -123,10 +134,18 @@ class RunManager:
             raise ShuttingDownError("duftd is shutting down and takes no new runs; submit again once it is back")
         config = self.config
         task = config.runnable_task(address)
-        active = self._active_by_task.get(task.address)
-        if active is not None:
-            return await self.get_run(active.id), {}, True
         resolved = resolve_parameters(task, given)
+        # Concurrent submits of one task must see each other's run: check and register
+        # under the task's lock, across the store's await.
+        async with self._submit_locks.setdefault(task.address, asyncio.Lock()):
+            active = self._active_by_task.get(task.address)
+            if active is not None:
+                return await self.get_run(active.id), {}, True
+            return await self._create(task, config, resolved, requested_by)
+
+    async def _create(
+        self, task: TaskSpec, config: LoadedConfig, resolved: ResolvedParameters, requested_by: str
+    ) -> tuple[dict[str, Any], dict[str, str], bool]:
         record = await self.store.create_run(
             task.address,
             requested_by,
@@ -168,6 +187,7 @@ class RunManager:
     def _pump(self) -> None:
         while self._queue and len(self._running) < self.max_concurrent:
             run = self._queue.popleft()
+            run.state = State.STARTING  # off the queue now: a cancel must not look for it there
             task = asyncio.create_task(self._execute(run), name=f"run-{run.id}")
             self._running.add(task)
             task.add_done_callback(self._on_run_done)
@@ -198,15 +218,16 @@ class RunManager:
             await self._transition(run, State.RUNNING, pid=pid, started_at=time.time())
             if run.cancel_reason:
                 supervisor.stop(State.CANCELLED, run.cancel_reason)
-            outcome = await supervisor.wait(lambda: self._settle(run))
+            outcome = await supervisor.wait(lambda on_its_own: self._settle(run, on_its_own))
         except Exception as error:  # noqa: BLE001 - any bug here must still record the run
             log.exception("run failed inside duftd", run_id=run.id)
             outcome = Outcome(State.FAILED, None, f"duftd error while supervising: {error!r}")
         await asyncio.shield(self._finish(run, outcome))
 
-    async def _settle(self, run: LiveRun) -> None:
+    async def _settle(self, run: LiveRun, ended_on_its_own: bool) -> None:
+        """Take in the worker's last events; wait for them only if it was not killed."""
         if self.ingest is not None:
-            await self.ingest.settle(run.link, SETTLE_TIMEOUT_S)
+            await self.ingest.settle(run.link, SETTLE_TIMEOUT_S if ended_on_its_own else None)
 
     def _run_dir(self, run: LiveRun) -> Path:
         return self.endpoints.runs_dir / str(run.id)
@@ -305,6 +326,8 @@ class RunManager:
         """Drop an executeFromRoot copy; mask secrets in the executed notebook kept for the user."""
         run_dir = self._run_dir(run)
         shutil.rmtree(run_dir / "root-copy", ignore_errors=True)
+        if run.task.kind == "notebook":  # left behind only by a runner that had to be killed
+            shutil.rmtree(kernel_dir(run.link.token), ignore_errors=True)
         output = self._output_path(run)
         if output is not None and output.is_file() and run.link.channel.secrets:
             output.write_text(run.link.channel.redact(output.read_text(encoding="utf-8")), encoding="utf-8")

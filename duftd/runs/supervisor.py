@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +73,11 @@ class RunSupervisor:
             self._stop_reason = (state, reason)
         self._stop_requested.set()
 
-    async def wait(self, settle: Callable[[], Any]) -> Outcome:
+    async def wait(self, settle: Callable[[bool], Awaitable[None]]) -> Outcome:
         """Wait for the worker to end (or stop it), then judge how it went.
 
-        ``settle`` is awaited after the process is gone and before judging, so the
-        worker's last events are taken in before the final state is recorded.
+        ``settle(ended_on_its_own)`` is awaited after the process is gone and before
+        judging, so the worker's last events are taken in before the final state.
         """
         process = self.process
         assert process is not None
@@ -85,7 +85,7 @@ class RunSupervisor:
             asyncio.create_task(self._read(process.stdout, Kind.STDOUT)),
             asyncio.create_task(self._read(process.stderr, Kind.STDERR)),
         ]
-        exited = asyncio.create_task(process.wait())
+        exited = asyncio.create_task(spawn.wait_exit(process))
         stop = asyncio.create_task(self._stop_requested.wait())
         timeout = self._launch.timeout_s
         done, _ = await asyncio.wait(
@@ -96,18 +96,23 @@ class RunSupervisor:
             if not self._stop_requested.is_set():
                 self.stop(State.FAILED, f"timed out after {timeout:g} s (timeoutSeconds)")
             await self._terminate(exited)
-        # Whatever the task left running ends with it: its group, and any process that
-        # carries the run's token but left the group (a notebook's kernel does).
-        spawn.signal_group(process.pid, signal.SIGKILL)
-        spawn.kill_marked(self._launch.marker)
+        self._kill_leftovers()
         _, pending = await asyncio.wait(readers, timeout=READER_GRACE_S)
         for reader in pending:
             reader.cancel()
-        await settle()
-        return self._judge(process.returncode)
+        code = await exited
+        await settle(self.stopped_by is None and code >= 0)
+        return self._judge(code)
+
+    def _kill_leftovers(self) -> None:
+        """End whatever the task left running: its group, and any process that carries the
+        run's marker but left the group (a notebook's kernel does)."""
+        assert self.process is not None
+        spawn.signal_group(self.process.pid, signal.SIGKILL)
+        spawn.kill_marked(self._launch.marker)
 
     async def _terminate(self, exited: asyncio.Task[int]) -> None:
-        """SIGTERM the group, then SIGKILL it if it outstays the grace period."""
+        """SIGTERM the group, then SIGKILL everything of the run if it outstays the grace."""
         pid = self.process.pid if self.process else 0
         self.stopped_by = "SIGTERM"
         spawn.signal_group(pid, signal.SIGTERM)
@@ -115,7 +120,7 @@ class RunSupervisor:
             await asyncio.wait_for(asyncio.shield(exited), self._launch.cancel_grace_s)
         except TimeoutError:
             self.stopped_by = "SIGKILL"
-            spawn.signal_group(pid, signal.SIGKILL)
+            self._kill_leftovers()
             await exited
 
     async def _read(self, stream: asyncio.StreamReader | None, kind: str) -> None:
