@@ -39,7 +39,7 @@ def main() -> int:
     rows: list[Row] = []
     try:
         config = bench_config(scratch)
-        queue_tasks = cases.generated_tasks(config, 1000)
+        queue_tasks = cases.generated_tasks(config, cases.QUEUE_SUBMITS)
         daemon = DaemonProcess(config, scratch / "state", scratch / "data", ["--max-concurrent", "2"]).start()
         try:
             steps = [
@@ -50,14 +50,17 @@ def main() -> int:
                 ("control latency", lambda: cases.control_latency(daemon)),
                 ("queue", lambda: cases.queue(daemon, queue_tasks)),
             ]
+            wanted = set(sys.argv[1:])  # `python -m bench queue "control latency"` runs just those
             for name, step in steps:
+                if wanted and name not in wanted:
+                    continue
                 print(f"[{time.perf_counter() - started:5.0f} s] {name}...", file=sys.stderr, flush=True)
                 rows += step()
         finally:
-            daemon.stop()
+            print_table(rows)
+            daemon.stop(timeout=120)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print_table(rows)
     elapsed = time.perf_counter() - started
     print(f"\n{len(rows)} rows in {elapsed:.0f} s; figures in {RESULTS}")
     RESULTS.write_text(json.dumps({"elapsed_s": elapsed, "rows": [r.to_dict() for r in rows]}, indent=2))

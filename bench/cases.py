@@ -16,6 +16,7 @@ from dte_tools.wire import Op
 from tests.harness import DaemonProcess
 
 REPS = 5
+QUEUE_SUBMITS = 1000
 
 
 def standalone_env(config: Path, data: Path) -> dict[str, str]:

@@ -19,7 +19,8 @@ import zmq
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, Kind, decode_reply, encode_request, run_signer, sign
 
 CONTROL_TIMEOUT_S = 30.0
-BATCH_LIMIT = 2000
+# Small enough that the daemon handles one batch in about a millisecond.
+BATCH_LIMIT = 500
 # Half the daemon's limit, so a batch of long lines is split rather than refused.
 MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
 # A longer text field of one event is cut to this; even JSON-escaped (6 bytes a character

@@ -21,8 +21,9 @@ import zmq.asyncio
 from duftd.pipeline import EventPipeline, RunChannel
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, RUN_SIGNER_PREFIX, Kind, verify
 
-BURST = 256
-SETTLE_DRAIN_LIMIT = 4 * BURST
+# Events handled between yields to the loop: bounds how long ingest holds it.
+EVENT_BURST = 500
+SETTLE_DRAIN_LIMIT = 4 * EVENT_BURST
 LOG_LEVELS = frozenset({"info", "warning", "error"})
 # What a worker may say about itself; run states belong to the daemon.
 WORKER_KINDS = frozenset(
@@ -85,24 +86,24 @@ class Ingest:
     async def run(self) -> None:
         while True:
             await self._pipeline.room()
-            if self.drain_now(BURST) < BURST:
+            if self.drain_now(EVENT_BURST):
                 await self._socket.poll(flags=zmq.POLLIN)
             else:
                 await asyncio.sleep(0)
 
-    def drain_now(self, limit: int | None = None) -> int:
-        """Handle messages already waiting (up to ``limit``); returns how many."""
-        handled = 0
-        while limit is None or handled < limit:
+    def drain_now(self, event_limit: int) -> bool:
+        """Handle waiting messages until about ``event_limit`` events; True if none are left."""
+        events = 0
+        while events < event_limit:
             try:
                 frames = self._sync.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
-                break
-            handled += 1
-            self._handle(frames)
-        return handled
+                return True
+            events += self._handle(frames) or 1
+        return False
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[bytes]) -> int | None:
+        """Check one message and pass its events on; returns how many it held."""
         if len(frames) != 4 or frames[0] != PROTOCOL:
             self.dropped["malformed"] += 1
             return
@@ -141,6 +142,7 @@ class Ingest:
                 if kind == Kind.FAILURE:
                     link.failure = data
                 self._pipeline.emit(link.channel, kind, data, float(ts))
+        return len(events)
 
     def _link(self, signer: bytes) -> WorkerLink | None:
         if not signer.startswith(RUN_SIGNER_PREFIX):

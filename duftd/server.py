@@ -179,7 +179,9 @@ class Daemon:
             if kind == zmq.PUB:
                 socket.sndhwm = PUB_HIGH_WATER_MARK
             if kind == zmq.PULL:
-                socket.rcvhwm = 10_000
+                # A message is a batch of up to 500 events: a short queue bounds memory,
+                # and a full one makes workers wait instead of the daemon swelling.
+                socket.rcvhwm = 100
             port = "*" if options.port == 0 else str(options.port + offset)
             try:
                 socket.bind(f"tcp://{options.host}:{port}")

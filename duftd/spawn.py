@@ -7,12 +7,16 @@ group reaches the task and everything it started, a notebook's kernel included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
 
 # Environment passed through to workers: what programs need to behave, nothing secret.
 PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# Workers run a little below the daemon's priority: tasks are batch work, while the
+# daemon must keep answering clients and storing events however hard they run.
+WORKER_NICENESS = 5
 # Longest line read from a worker's stdout/stderr before it is cut into pieces.
 LINE_LIMIT = 64 * 1024
 
@@ -29,7 +33,7 @@ async def start_worker(
     argv: list[str], cwd: Path, env: dict[str, str]
 ) -> asyncio.subprocess.Process:
     """Start a worker in a new session with its output piped to the daemon."""
-    return await asyncio.create_subprocess_exec(
+    process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=env,
@@ -39,6 +43,9 @@ async def start_worker(
         start_new_session=True,
         limit=LINE_LIMIT,
     )
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)
+    return process
 
 
 async def wait_exit(process: asyncio.subprocess.Process) -> int:

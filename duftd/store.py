@@ -86,8 +86,11 @@ def _run_dict(row: aiosqlite.Row) -> dict[str, Any]:
 class Store:
     """One owner of the database connection; use ``async with await Store.open(path)``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path) -> None:
         self._db = db
+        # Queries get their own connection (and thread): under WAL they read committed data
+        # without queueing behind the event writer's batches.
+        self._read = reader
         self.path = path
 
     @classmethod
@@ -98,24 +101,27 @@ class Store:
         # WAL + NORMAL: a commit survives a daemon crash; only an OS crash may lose the tail.
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
-        store = cls(db, path)
-        await store._migrate()
-        return store
+        await cls._migrate_connection(db, path)
+        reader = await aiosqlite.connect(path)
+        reader.row_factory = aiosqlite.Row
+        return cls(db, reader, path)
 
-    async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cursor:
+    @staticmethod
+    async def _migrate_connection(db: aiosqlite.Connection, path: Path) -> None:
+        async with db.execute("PRAGMA user_version") as cursor:
             (version,) = await cursor.fetchone()  # type: ignore[misc]
         if version > len(MIGRATIONS):
             raise RuntimeError(
-                f"run store {self.path} has schema version {version}, newer than this duftd "
+                f"run store {path} has schema version {version}, newer than this duftd "
                 f"knows ({len(MIGRATIONS)}); upgrade duftd or use another --state-dir"
             )
         for number in range(version, len(MIGRATIONS)):
-            await self._db.executescript(
+            await db.executescript(
                 f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;"
             )
 
     async def close(self) -> None:
+        await self._read.close()
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -140,7 +146,8 @@ class Store:
             (task_id, requested_by, json.dumps(params), json.dumps(ignored), json.dumps(spec), now),
         )
         await self._db.commit()
-        run = await self.get_run(cursor.lastrowid or 0)
+        # Read back on the writing connection: the reader may hold an older snapshot.
+        run = await self._fetch_run(self._db, cursor.lastrowid or 0)
         assert run is not None
         return run
 
@@ -155,9 +162,11 @@ class Store:
         await self._db.commit()
 
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
-        async with self._db.execute(
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)
-        ) as cursor:
+        return await self._fetch_run(self._read, run_id)
+
+    @staticmethod
+    async def _fetch_run(db: aiosqlite.Connection, run_id: int) -> dict[str, Any] | None:
+        async with db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)) as cursor:
             row = await cursor.fetchone()
         return _run_dict(row) if row else None
 
@@ -173,7 +182,7 @@ class Store:
             where.append("state = ?")
             args.append(state)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        async with self._db.execute(
+        async with self._read.execute(
             f"SELECT {RUN_COLUMNS} FROM runs {clause} ORDER BY id DESC LIMIT ?", (*args, limit)
         ) as cursor:
             return [_run_dict(row) for row in await cursor.fetchall()]
@@ -188,7 +197,7 @@ class Store:
             return [_run_dict(row) for row in await cursor.fetchall()]
 
     async def counts_by_state(self) -> dict[str, int]:
-        async with self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state") as cursor:
+        async with self._read.execute("SELECT state, COUNT(*) FROM runs GROUP BY state") as cursor:
             return {state: count for state, count in await cursor.fetchall()}
 
     async def insert_events(self, rows: Sequence[EventRow]) -> None:
@@ -199,7 +208,7 @@ class Store:
         await self._db.commit()
 
     async def events_after(self, run_id: int, after: int, limit: int) -> list[dict[str, Any]]:
-        async with self._db.execute(
+        async with self._read.execute(
             "SELECT seq, ts, kind, data FROM events WHERE run_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (run_id, after, limit),
@@ -211,7 +220,7 @@ class Store:
         ]
 
     async def max_seq(self, run_id: int) -> int:
-        async with self._db.execute(
+        async with self._read.execute(
             "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (run_id,)
         ) as cursor:
             (seq,) = await cursor.fetchone()  # type: ignore[misc]

@@ -21,6 +21,7 @@ from nbformat import NotebookNode
 from dte_tools import wire
 from dte_tools.wire import Kind, Op
 from duftd.ingest import _valid_event
+from duftd.notebook.scratch import kernel_dir
 from tests.harness import REPO, DaemonProcess, add_script_task, wait_for
 
 # A cell that blocks until the test creates a file (bounded, so a broken run still ends).
@@ -140,6 +141,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kernel_folder(processes: dict[int, str]) -> Path:
+    """The run's kernel folder (sockets, connection file), named from the run's token."""
+    pid = next(iter(processes))
+    prefix = f"{wire.ENV_RUN_TOKEN}=".encode()
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    token = next(entry[len(prefix) :] for entry in environ if entry.startswith(prefix))
+    return kernel_dir(token)
 
 
 def kernel_pids(processes: dict[int, str]) -> list[int]:
@@ -436,6 +446,8 @@ def test_cancelled_notebook_leaves_no_kernel_behind(daemon: DaemonProcess) -> No
     processes = wait_for_processes(daemon, run_id, 3)  # runner, kernel, the kernel's child
     for pid in kernel_pids(processes):  # a kernel of the project's environment, not a kernelspec's
         assert processes[pid].startswith(f"{sys.executable} -m ipykernel_launcher "), processes
+    folder = kernel_folder(processes)
+    assert (folder / "kernel.json").is_file()
     cli = duft(daemon, "output", str(run_id))  # while running: where it will be
     assert (cli.returncode, cli.stdout.strip()) == (0, run_output(daemon, run_id)), cli.stderr
     assert "written here when it ends" in cli.stderr
@@ -446,6 +458,7 @@ def test_cancelled_notebook_leaves_no_kernel_behind(daemon: DaemonProcess) -> No
     assert run["reason"] == "cancelled by request (stopped with SIGTERM)"  # no SIGKILL needed
     wait_for(lambda: not any(alive(pid) for pid in processes), 10, "the run's processes to end")
     assert not run_processes(daemon, run_id)
+    assert not folder.exists()
 
     events = daemon.events(run_id)
     assert not [e for e in events if e["kind"] in (Kind.STDERR, Kind.FAILURE)], events
@@ -482,6 +495,8 @@ def test_kernel_that_ignores_the_interrupt_is_killed_with_its_runner(
     run_id = daemon.submit("NB-STUBBORN")["run"]["id"]
     wait_for_cell(daemon, run_id, 1)
     processes = wait_for_processes(daemon, run_id, 3)
+    folder = kernel_folder(processes)
+    assert folder.is_dir()
 
     daemon.request(Op.CANCEL, run=run_id)
     run = daemon.wait_final(run_id)
@@ -489,6 +504,7 @@ def test_kernel_that_ignores_the_interrupt_is_killed_with_its_runner(
     assert run["reason"] == "cancelled by request (stopped with SIGKILL)"
     wait_for(lambda: not any(alive(pid) for pid in processes), 10, "the run's processes to end")
     assert not run_processes(daemon, run_id)
+    assert not folder.exists()  # the killed runner could not remove it: duftd did
     cli = duft(daemon, "output", str(run_id))  # a killed runner wrote nothing
     assert cli.returncode == 1
     assert "kept no executed notebook" in cli.stderr

@@ -212,14 +212,14 @@ async def shutdown_kernel(client: NotebookClient) -> None:
         await ensure_async(km.cleanup_resources())
 
 
-async def execute(nb: NotebookNode, backend: DaemonBackend, cwd: Path, folder: Path) -> Result:
+def execute(nb: NotebookNode, backend: DaemonBackend, cwd: Path, folder: Path) -> Result:
     """Run every cell; returns the failure (cell, exception, traceback) and any stop signal.
 
     ``folder`` (created here, removed after) holds the kernel's sockets and connection file.
     """
     folder.mkdir(mode=0o700)
     try:
-        return await _execute(nb, backend, cwd, kernel_manager(folder))
+        return asyncio.run(_execute(nb, backend, cwd, kernel_manager(folder)))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -267,11 +267,17 @@ async def _execute(
 
 
 def write_notebook(nb: NotebookNode, path: Path) -> None:
-    """Write the executed notebook whole or not at all (a reader never sees half a file)."""
+    """Write the executed notebook; a cancel that comes meanwhile waits until it is whole.
+
+    Written in place, not renamed from a temporary file: duftd masks secrets in this one
+    path, and a temporary file left by a killed runner would keep them.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    nbformat.write(nb, partial)
-    partial.replace(path)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        nbformat.write(nb, path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def main(argv: list[str]) -> int:
@@ -289,8 +295,7 @@ def main(argv: list[str]) -> int:
         backend.emit(Kind.NOTICE, {"message": message})
     result = Result()
     try:
-        folder = kernel_dir(os.environ[ENV_RUN_TOKEN])
-        result = asyncio.run(execute(nb, backend, Path.cwd(), folder))
+        result = execute(nb, backend, Path.cwd(), kernel_dir(os.environ[ENV_RUN_TOKEN]))
     finally:
         write_notebook(nb, output_path)
     code = 0

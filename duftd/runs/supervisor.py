@@ -101,7 +101,7 @@ class RunSupervisor:
         for reader in pending:
             reader.cancel()
         code = await exited
-        await settle(self.stopped_by is None and code >= 0)
+        await settle(code >= 0)  # exited by itself (a stopped notebook runner does, after flushing)
         return self._judge(code)
 
     def _kill_leftovers(self) -> None:
