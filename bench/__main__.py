@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -21,7 +20,10 @@ RESULTS = Path(__file__).with_name("results.json")
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'measure':<46} {'ours median (min-max)':>26} {'reference':<32} {'ref median (min-max)':>26} {'ratio':>7}  target"
+    header = (
+        f"{'measure':<46} {'ours median (min-max)':>26} {'reference':<32} "
+        f"{'ref median (min-max)':>26} {'ratio':>7}  target   (ratio = ours / reference)"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -40,7 +42,9 @@ def main() -> int:
     try:
         config = bench_config(scratch)
         queue_tasks = cases.generated_tasks(config, cases.QUEUE_SUBMITS)
-        daemon = DaemonProcess(config, scratch / "state", scratch / "data", ["--max-concurrent", "2"]).start()
+        daemon = DaemonProcess(
+            config, scratch / "state", scratch / "data", ["--max-concurrent", "2"]
+        ).start()
         try:
             steps = [
                 ("idle memory", lambda: cases.idle_memory(daemon)),
@@ -54,7 +58,11 @@ def main() -> int:
             for name, step in steps:
                 if wanted and name not in wanted:
                     continue
-                print(f"[{time.perf_counter() - started:5.0f} s] {name}...", file=sys.stderr, flush=True)
+                print(
+                    f"[{time.perf_counter() - started:5.0f} s] {name}...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 rows += step()
         finally:
             print_table(rows)
@@ -63,7 +71,9 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.perf_counter() - started
     print(f"\n{len(rows)} rows in {elapsed:.0f} s; figures in {RESULTS}")
-    RESULTS.write_text(json.dumps({"elapsed_s": elapsed, "rows": [r.to_dict() for r in rows]}, indent=2))
+    RESULTS.write_text(
+        json.dumps({"elapsed_s": elapsed, "rows": [r.to_dict() for r in rows]}, indent=2)
+    )
     return 0
 
 

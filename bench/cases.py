@@ -41,9 +41,21 @@ def script_task(daemon: DaemonProcess) -> list[Row]:
     bare = [run_bare([PYTHON, str(script)], cwd=script.parent, env=env) for _ in range(REPS * 2)]
     ms = [1000 * x for x in bare]
     return [
-        Row("script task: submit -> first log line", "ms", [1000 * x for x in first], "bare python script.py", ms),
-        Row("script task: submit -> final state", "ms", [1000 * x for x in final], "bare python script.py", ms,
-            target="<= 1.5x"),
+        Row(
+            "script task: submit -> first log line",
+            "ms",
+            [1000 * x for x in first],
+            "bare python script.py",
+            ms,
+        ),
+        Row(
+            "script task: submit -> final state",
+            "ms",
+            [1000 * x for x in final],
+            "bare python script.py",
+            ms,
+            target="<= 1.5x",
+        ),
     ]
 
 
@@ -65,19 +77,52 @@ def notebook_tasks(daemon: DaemonProcess, scratch: Path) -> list[Row]:
         notebook = data_tasks / f"bench_nb_{cells}.ipynb"
         out = scratch / f"out_{cells}.ipynb"
         papermill = [
-            run_bare([PYTHON, "-m", "papermill", "--no-progress-bar", "--log-level", "WARNING", str(notebook), str(out), "-p", "name", "bench"], cwd=data_tasks)
+            run_bare(
+                [
+                    PYTHON,
+                    "-m",
+                    "papermill",
+                    "--no-progress-bar",
+                    "--log-level",
+                    "WARNING",
+                    str(notebook),
+                    str(out),
+                    "-p",
+                    "name",
+                    "bench",
+                ],
+                cwd=data_tasks,
+            )
             for _ in range(REPS)
         ]
         nbclient_code = (
             "import nbformat, nbclient, sys; nb = nbformat.read(sys.argv[1], 4); "
             "nbclient.NotebookClient(nb, kernel_name='python3').execute()"
         )
-        nbclient = [run_bare([PYTHON, "-c", nbclient_code, str(notebook)], cwd=data_tasks) for _ in range(REPS)]
+        nbclient = [
+            run_bare([PYTHON, "-c", nbclient_code, str(notebook)], cwd=data_tasks)
+            for _ in range(REPS)
+        ]
         ours_ms = [1000 * x for x in ours]
-        rows.append(Row(f"notebook {cells} cells: submit -> final state", "ms", ours_ms, "papermill",
-                        [1000 * x for x in papermill], target="papermill / ours >= 4"))
-        rows.append(Row(f"notebook {cells} cells: submit -> final state", "ms", ours_ms, "nbclient, fresh process",
-                        [1000 * x for x in nbclient]))
+        rows.append(
+            Row(
+                f"notebook {cells} cells: submit -> final state",
+                "ms",
+                ours_ms,
+                "papermill",
+                [1000 * x for x in papermill],
+                target="papermill / ours >= 4",
+            )
+        )
+        rows.append(
+            Row(
+                f"notebook {cells} cells: submit -> final state",
+                "ms",
+                ours_ms,
+                "nbclient, fresh process",
+                [1000 * x for x in nbclient],
+            )
+        )
     return rows
 
 
@@ -103,7 +148,8 @@ context = zmq.Context()
 push = context.socket(zmq.PUSH)
 push.connect(sys.argv[1])
 for i in range(int(sys.argv[2])):
-    push.send_multipart([b"ev/", b"event %d of a benchmark flood, about the length of a real log line" % i])
+    line = b"event %d of a benchmark flood, about the length of a real log line" % i
+    push.send_multipart([b"ev/", line])
 push.send_multipart([b"ev/", b"END"])
 context.destroy(linger=5000)
 """
@@ -153,21 +199,34 @@ def throughput(daemon: DaemonProcess, count: int = 100_000) -> list[Row]:
         seen = watcher.until_final(run["id"])
         rates.append(count / (seen["final"] - start))
         lost_live.append(count - seen["logs"])
-        stored = daemon.request(Op.EVENTS, run=run["id"], after=0, limit=1)  # the store is queried below
+        stored = daemon.request(
+            Op.EVENTS, run=run["id"], after=0, limit=1
+        )  # the store is queried below
         assert stored["run"]["state"] == "succeeded"
         lost_stored.append(count - _stored_logs(daemon, run["id"]))
     watcher.close()
     reference = [raw_relay_rate(count) for _ in range(REPS)]
-    return [Row("events: log_message -> subscriber, stored", "events/s", rates, "raw pyzmq relay", reference,
-                higher_is_better=True, target=">= 100k/s and >= 0.6x",
-                notes={"lost_live": lost_live, "lost_stored": lost_stored})]
+    return [
+        Row(
+            "events: log_message -> subscriber, stored",
+            "events/s",
+            rates,
+            "raw pyzmq relay",
+            reference,
+            higher_is_better=True,
+            target=">= 100k/s and >= 0.6x",
+            notes={"lost_live": lost_live, "lost_stored": lost_stored},
+        )
+    ]
 
 
 def _stored_logs(daemon: DaemonProcess, run_id: int) -> int:
     import sqlite3
 
     with sqlite3.connect(daemon.state_dir / "runs.sqlite") as db:
-        (n,) = db.execute("SELECT COUNT(*) FROM events WHERE run_id = ? AND kind = 'log'", (run_id,)).fetchone()
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM events WHERE run_id = ? AND kind = 'log'", (run_id,)
+        ).fetchone()
     return n
 
 
@@ -188,8 +247,17 @@ def control_latency(daemon: DaemonProcess, samples: int = 2000) -> list[Row]:
     q = statistics.quantiles
     ours = {"p50": q(latencies, n=100)[49], "p99": q(latencies, n=100)[98]}
     ref = {"p50": q(reference, n=100)[49], "p99": q(reference, n=100)[98]}
-    return [Row(f"control get-run {p} while 2 tasks stream", "ms", [ours[p]], "raw pyzmq DEALER/ROUTER echo", [ref[p]],
-                target="p99 < 5 ms" if p == "p99" else "") for p in ("p50", "p99")]
+    return [
+        Row(
+            f"control get-run {p} while 2 tasks stream",
+            "ms",
+            [ours[p]],
+            "raw pyzmq DEALER/ROUTER echo",
+            [ref[p]],
+            target="p99 < 5 ms" if p == "p99" else "",
+        )
+        for p in ("p50", "p99")
+    ]
 
 
 def _raw_round_trips(samples: int) -> list[float]:
@@ -240,9 +308,18 @@ def queue(daemon: DaemonProcess, tasks: list[str]) -> list[Row]:
         raw.recv_multipart()
     raw_elapsed = time.perf_counter() - start
     context.destroy(linger=0)
-    return [Row("queue: 1,000 submits, limit 2", "submits/s", [len(tasks) / elapsed],
-                "raw pyzmq DEALER/ROUTER echo", [len(tasks) / raw_elapsed], higher_is_better=True,
-                target=">= 1,000/s", notes={"rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1)})]
+    return [
+        Row(
+            "queue: 1,000 submits, limit 2",
+            "submits/s",
+            [len(tasks) / elapsed],
+            "raw pyzmq DEALER/ROUTER echo",
+            [len(tasks) / raw_elapsed],
+            higher_is_better=True,
+            target=">= 1,000/s",
+            notes={"rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1)},
+        )
+    ]
 
 
 IDLE_REFERENCE = """
@@ -267,8 +344,16 @@ def idle_memory(daemon: DaemonProcess) -> list[Row]:
     ref = rss_mb(reference.pid)
     reference.kill()
     reference.wait()
-    return [Row("daemon idle resident memory", "MB", [ours], "asyncio + pyzmq, 3 sockets bound", [ref],
-                target="< 60 MB")]
+    return [
+        Row(
+            "daemon idle resident memory",
+            "MB",
+            [ours],
+            "asyncio + pyzmq, 3 sockets bound",
+            [ref],
+            target="< 60 MB",
+        )
+    ]
 
 
 def generated_tasks(config: Path, count: int) -> list[str]:
@@ -278,6 +363,8 @@ def generated_tasks(config: Path, count: int) -> list[str]:
     tasks_file = config / "system" / "data_tasks.json"
     document = json.loads(tasks_file.read_text())
     ids = [f"BENCH-Q{i:04d}" for i in range(count)]
-    document["dataTasks"] += [{"id": i, "name": i, "pythonFile": "bench_noop.py", "hideInUI": True} for i in ids]
+    document["dataTasks"] += [
+        {"id": i, "name": i, "pythonFile": "bench_noop.py", "hideInUI": True} for i in ids
+    ]
     tasks_file.write_text(json.dumps(document))
     return ids

@@ -40,12 +40,16 @@ class Row:
         return ours / ref if ref else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ours_median": statistics.median(self.ours),
-                "reference_median": statistics.median(self.reference), "ratio": self.ratio}
+        return {
+            **asdict(self),
+            "ours_median": statistics.median(self.ours),
+            "reference_median": statistics.median(self.reference),
+            "ratio": self.ratio,
+        }
 
 
 def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):,.4g} ({min(values):,.4g}–{max(values):,.4g})"
+    return f"{statistics.median(values):,.4g} ({min(values):,.4g} to {max(values):,.4g})"
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -57,7 +61,9 @@ def timed(action: Callable[[], Any]) -> float:
 def run_bare(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
     """Wall time of one process from start to exit; it must succeed."""
     start = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
@@ -71,7 +77,11 @@ def rss_mb(pid: int) -> float:
 def make_notebook(path: Path, cells: int) -> Path:
     """A notebook with a DUFT ``params = {}`` first cell and ``cells - 1`` trivial code cells."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.cells = [nbformat.v4.new_code_cell("params = {}")]
     nb.cells += [nbformat.v4.new_code_cell(f"x{i} = {i} * 2") for i in range(cells - 1)]
     nbformat.write(nb, path)
@@ -83,23 +93,36 @@ def bench_config(root: Path) -> Path:
     config = copy_config(root / "duft-config")
     data_tasks = config / "system" / "data_tasks"
     add_script_task(config, "BENCH-SCRIPT", SCRIPT_TASK)
-    add_script_task(config, "BENCH-FLOOD", FLOOD_TASK, supportedParameters={
-        "count": {"defaultValue": 100_000, "allowOverride": True}})
-    add_script_task(config, "BENCH-FLOOD-2", FLOOD_TASK, pythonFile="bench_flood.py",
-                    supportedParameters={"count": {"defaultValue": 100_000, "allowOverride": True}})
+    add_script_task(
+        config,
+        "BENCH-FLOOD",
+        FLOOD_TASK,
+        supportedParameters={"count": {"defaultValue": 100_000, "allowOverride": True}},
+    )
+    add_script_task(
+        config,
+        "BENCH-FLOOD-2",
+        FLOOD_TASK,
+        pythonFile="bench_flood.py",
+        supportedParameters={"count": {"defaultValue": 100_000, "allowOverride": True}},
+    )
     for cells in (20, 120):
         make_notebook(data_tasks / f"bench_nb_{cells}.ipynb", cells)
         tasks_file = config / "system" / "data_tasks.json"
         document = json.loads(tasks_file.read_text())
-        document["dataTasks"].append({
-            "id": f"BENCH-NB-{cells}", "name": f"{cells} cells", "pythonFile": f"bench_nb_{cells}.ipynb",
-            "supportedParameters": {"name": {"defaultValue": "bench", "allowOverride": True}},
-        })
+        document["dataTasks"].append(
+            {
+                "id": f"BENCH-NB-{cells}",
+                "name": f"{cells} cells",
+                "pythonFile": f"bench_nb_{cells}.ipynb",
+                "supportedParameters": {"name": {"defaultValue": "bench", "allowOverride": True}},
+            }
+        )
         tasks_file.write_text(json.dumps(document, indent=2))
     return config
 
 
-SCRIPT_TASK = '''\
+SCRIPT_TASK = """\
 import sys
 from services.dte_tools.data_task_tools import find_json_arg, initialise_data_task
 
@@ -107,9 +130,9 @@ params = find_json_arg(sys.argv)
 environment = initialise_data_task("Bench script", params=params)
 for i in range(10):
     environment.log_message(f"line {i}")
-'''
+"""
 
-FLOOD_TASK = '''\
+FLOOD_TASK = """\
 import sys
 from dte_tools import find_json_arg, initialise_data_task
 
@@ -118,7 +141,7 @@ environment = initialise_data_task("Bench flood", params=params)
 count = int(params.get("count", 100000))
 for i in range(count if count > 0 else 10**12):
     environment.log_message(f"event {i} of a benchmark flood, about the length of a real log line")
-'''
+"""
 
 
 class RunWatcher:
@@ -157,7 +180,12 @@ class RunWatcher:
                     logs += 1
                     first_log = first_log or now
                 if event["kind"] == Kind.STATE and event["data"]["state"] in FINAL_STATES:
-                    return {"first_log": first_log, "final": now, "logs": logs, "state": event["data"]["state"]}
+                    return {
+                        "first_log": first_log,
+                        "final": now,
+                        "logs": logs,
+                        "state": event["data"]["state"],
+                    }
         raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
 
     def close(self) -> None:

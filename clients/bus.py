@@ -7,24 +7,38 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.auth
 
 from dte_tools import locate
 from dte_tools.daemon_link import ControlClient, DaemonError
 from dte_tools.wire import CLIENT_SIGNER, FINAL_STATES, Kind, Op, topic
 
-__all__ = ["BusClient", "ConnectionInfo", "DaemonError", "DaemonNotRunning", "is_final"]
+__all__ = [
+    "BusClient",
+    "ConnectionInfo",
+    "CurveKeyMissing",
+    "DaemonError",
+    "DaemonNotRunning",
+    "curve_setup",
+    "is_final",
+]
 
 START_HINT = "start it with `make run` (or `duftd`)"
+CURVE_KEY_ENV = "DUFT_CURVE_CLIENT_KEY"
 
 
 class DaemonNotRunning(RuntimeError):
     """No daemon answers for this state folder; the message says how to start one."""
+
+
+class CurveKeyMissing(DaemonNotRunning):
+    """The daemon requires CURVE and this client has no usable key (a one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class ConnectionInfo:
     key: bytes
     pid: int
     path: Path
+    curve_server_key: str | None = None  # z85; present when the daemon requires CURVE
 
     @classmethod
     def load(cls, state_dir: Path | None = None) -> ConnectionInfo:
@@ -54,8 +69,43 @@ class ConnectionInfo:
                 f"duftd is not running (its connection file {path} is stale); {START_HINT}"
             )
         return cls(
-            info["control"], info["ingest"], info["events"], info["key"].encode(), info["pid"], path
+            info["control"],
+            info["ingest"],
+            info["events"],
+            info["key"].encode(),
+            info["pid"],
+            path,
+            info.get("curve_server_key"),
         )
+
+
+def curve_setup(info: ConnectionInfo) -> Callable[[zmq.Socket], None] | None:
+    """What makes a socket a CURVE client of this daemon (None if it does not use CURVE).
+
+    The client keypair is the zmq.auth certificate named by ``$DUFT_CURVE_CLIENT_KEY``."""
+    if not info.curve_server_key:
+        return None
+    cert = os.environ.get(CURVE_KEY_ENV)
+    if not cert:
+        raise CurveKeyMissing(
+            f"duftd requires CURVE: set ${CURVE_KEY_ENV} to your client .key_secret certificate"
+        )
+    try:
+        public, secret = zmq.auth.load_certificate(cert)
+    except (OSError, ValueError) as error:
+        raise CurveKeyMissing(f"cannot read ${CURVE_KEY_ENV} ({cert}): {error}") from None
+    if not secret:
+        raise CurveKeyMissing(
+            f"${CURVE_KEY_ENV} ({cert}) has no secret key: use the .key_secret file"
+        )
+    server = info.curve_server_key.encode()
+
+    def setup(socket: zmq.Socket) -> None:
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+        socket.curve_serverkey = server
+
+    return setup
 
 
 def _pid_alive(pid: int) -> bool:
@@ -79,8 +129,11 @@ class BusClient:
 
     def __init__(self, info: ConnectionInfo, timeout_s: float = 10.0) -> None:
         self.info = info
+        self._setup = curve_setup(info)
         self._context = zmq.Context()
-        self._control = ControlClient(self._context, info.control, info.key, CLIENT_SIGNER)
+        self._control = ControlClient(
+            self._context, info.control, info.key, CLIENT_SIGNER, self._setup
+        )
         self._control_timeout = timeout_s
 
     def __enter__(self) -> BusClient:
@@ -104,7 +157,9 @@ class BusClient:
                 ) from None
             raise
 
-    def follow(self, run_id: int, after: int = 0, idle_poll_s: float = 1.0) -> Iterator[dict[str, Any]]:
+    def follow(
+        self, run_id: int, after: int = 0, idle_poll_s: float = 1.0
+    ) -> Iterator[dict[str, Any]]:
         """Every event of a run after ``after``, history first then live, ending at its final
         state: no gap (a missed number is fetched from the store) and no duplicate.
 
@@ -114,6 +169,8 @@ class BusClient:
         stamp = {"v": 1, "run_id": run_id, "task_id": run["task_id"]}
         subscriber = self._context.socket(zmq.SUB)
         subscriber.linger = 0
+        if self._setup is not None:
+            self._setup(subscriber)
         subscriber.connect(self.info.events)
         subscriber.subscribe(topic(run["task_id"], run_id))
         last = after

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from dte_tools.wire import (
     ENV_INGEST,
     ENV_RUN_ID,
     ENV_RUN_TOKEN,
+    MASK,
+    SECRET_KEY_PATTERN,
     Kind,
     Op,
     run_signer,
@@ -42,6 +45,8 @@ class StandaloneBackend:
     def __init__(self, config_dir: Path) -> None:
         self.config_dir = config_dir
         self._user_values: dict[str, Any] | None = None
+        # Secret values the task has fetched: masked in printed lines, as duftd masks them.
+        self._secrets: set[str] = set()
 
     @classmethod
     def discover(cls) -> StandaloneBackend:
@@ -60,7 +65,13 @@ class StandaloneBackend:
             path = self.config_dir / "user" / "config.json"
             user = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
             self._user_values = user.get("dataConnectionParameters") or {}
-        return dict(self._user_values.get(connection_id) or {})
+        values = dict(self._user_values.get(connection_id) or {})
+        self._secrets.update(
+            str(value)
+            for key, value in values.items()
+            if value not in (None, "") and re.search(SECRET_KEY_PATTERN, key, re.IGNORECASE)
+        )
+        return values
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -69,6 +80,8 @@ class StandaloneBackend:
             line = f"{stamp} PROGRESS {data['done']}/{data['total']} {message}".rstrip()
         else:
             line = f"{stamp} {data.get('level', 'info').upper():<8} {data.get('message', '')}"
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            line = line.replace(secret, MASK)
         print(line, flush=True)
 
     def data_dir(self) -> Path:

@@ -12,11 +12,20 @@ import collections
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, Kind, decode_reply, encode_request, run_signer, sign
+from dte_tools.wire import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL,
+    Kind,
+    decode_reply,
+    encode_request,
+    run_signer,
+    sign,
+)
 
 CONTROL_TIMEOUT_S = 30.0
 # Small enough that the daemon handles one batch in about a millisecond.
@@ -37,10 +46,20 @@ class DaemonError(RuntimeError):
 
 
 class ControlClient:
-    """Synchronous signed requests to the daemon's control socket."""
+    """Synchronous signed requests to the daemon's control socket.
 
-    def __init__(self, context: zmq.Context, endpoint: str, key: bytes, signer: bytes) -> None:
+    ``setup``, if given, is applied to each new socket before it connects (CURVE keys)."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        key: bytes,
+        signer: bytes,
+        setup: Callable[[zmq.Socket], None] | None = None,
+    ) -> None:
         self._context = context
+        self._setup = setup
         self._endpoint = endpoint
         self._key = key
         self._signer = signer
@@ -68,6 +87,8 @@ class ControlClient:
         if self._socket is None:
             self._socket = self._context.socket(zmq.DEALER)
             self._socket.linger = 0
+            if self._setup is not None:
+                self._setup(self._socket)
             self._socket.connect(self._endpoint)
         return self._socket
 

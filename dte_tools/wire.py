@@ -63,6 +63,11 @@ ENV_STATE_DIR = "DUFT_STATE_DIR"
 ENV_DATA_DIR = "DUFT_DATA_DIR"
 
 
+# Connection value keys treated as secret even when not declared as ``password`` params.
+SECRET_KEY_PATTERN = r"password|passwd|pwd|secret|token|api[_-]?key"
+MASK = "********"
+
+
 class Op:
     """Control operation names."""
 

@@ -16,29 +16,54 @@ from dte_tools import locate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="duftd", description="The DUFT Data Task Engine daemon."
+    parser = argparse.ArgumentParser(prog="duftd", description="The DUFT Data Task Engine daemon.")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="duft-config folder (default: $DUFT_CONFIG_DIR or the embedded one)",
     )
     parser.add_argument(
-        "--config", type=Path, help="duft-config folder (default: $DUFT_CONFIG_DIR or the embedded one)"
-    )
-    parser.add_argument(
-        "--state-dir", type=Path, help="run store and connection file (default: $DUFT_STATE_DIR or ./.duftd)"
+        "--state-dir",
+        type=Path,
+        help="run store and connection file (default: $DUFT_STATE_DIR or ./.duftd)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT,
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
         help=f"control port; ingest and events use the next two; 0 picks free ports (default {DEFAULT_PORT})",
     )
     parser.add_argument(
-        "--max-concurrent", type=int, default=os.cpu_count() or 2,
+        "--max-concurrent",
+        type=int,
+        default=os.cpu_count() or 2,
         help="runs allowed at once; the rest wait in order (default: number of CPUs)",
     )
-    parser.add_argument("--cancel-grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
-    parser.add_argument("--retention-days", type=float, default=90.0, help="delete finished runs older than this (0: keep)")
-    parser.add_argument("--retention-runs", type=int, default=500, help="keep at most this many runs per task (0: all)")
-    parser.add_argument("--curve-dir", type=Path, help="CURVE keys, required for a non-loopback --host")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--cancel-grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL"
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=90.0,
+        help="delete finished runs older than this (0: keep)",
+    )
+    parser.add_argument(
+        "--retention-runs",
+        type=int,
+        default=500,
+        help="keep at most this many runs per task (0: all)",
+    )
+    parser.add_argument(
+        "--curve-dir",
+        type=Path,
+        help="use CURVE with the keys in this folder (server.key_secret, clients/*.key); "
+        "required for a non-loopback --host",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     return parser.parse_args(argv)
 
 

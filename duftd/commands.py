@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dte_tools import locate
+from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Op
 from duftd import __version__, connections
 from duftd.config import LoadedConfig, TaskSpec, load_config, resolve_connection
 from duftd.control import Caller, Handler
@@ -31,8 +33,6 @@ from duftd.protocol import (
 )
 from duftd.runs.manager import RunManager
 from duftd.scheduler import Scheduler
-from dte_tools import locate
-from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Op
 
 
 def task_summary(task: TaskSpec, config: LoadedConfig) -> dict[str, Any]:
@@ -227,7 +227,7 @@ class Commands:
         return {"values": resolve_connection(run.config, run.task, args.id)}
 
 
-def _worker_run(caller: Caller):  # noqa: ANN202 - LiveRun, narrowed from Optional
+def _worker_run(caller: Caller):
     if caller.run is None:
         raise UnauthorizedError("only a worker, signing with its run token, may ask this")
     return caller.run

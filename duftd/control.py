@@ -22,9 +22,6 @@ import zmq
 import zmq.asyncio
 from pydantic import BaseModel, ValidationError
 
-from duftd.errors import BadRequestError, DuftError, UnauthorizedError
-from duftd.protocol import ARGS, Envelope
-from duftd.runs.manager import LiveRun
 from dte_tools.wire import (
     CLIENT_SIGNER,
     MAX_MESSAGE_BYTES,
@@ -34,6 +31,9 @@ from dte_tools.wire import (
     sign,
     verify,
 )
+from duftd.errors import BadRequestError, DuftError, UnauthorizedError
+from duftd.protocol import ARGS, Envelope
+from duftd.runs.manager import LiveRun
 
 log = structlog.get_logger("duftd.control")
 
@@ -115,7 +115,7 @@ class ControlServer:
             reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
         except DuftError as error:
             reply = {"id": request_id, "ok": False, "error": error.to_dict()}
-        except Exception as error:  # noqa: BLE001 - the loop must outlive any handler bug
+        except Exception as error:
             log.exception("control handler failed")
             # Only the type: an exception's text can hold reprs of live objects (run tokens,
             # connection values), which must not travel to a client.

@@ -18,8 +18,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from duftd.pipeline import EventPipeline, RunChannel
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, RUN_SIGNER_PREFIX, Kind, verify
+from duftd.pipeline import EventPipeline, RunChannel
 
 # Events handled between yields to the loop: bounds how long ingest holds it.
 EVENT_BURST = 500
@@ -153,15 +153,15 @@ class Ingest:
             return None
         return self._lookup(run_id)
 
-    async def settle(self, link: WorkerLink, timeout: float | None) -> None:
-        """After a worker exits: take in what it already sent; with a ``timeout``, also wait
+    async def settle(self, link: WorkerLink, wait_s: float | None) -> None:
+        """After a worker exits: take in what it already sent; with a ``wait_s``, also wait
         (bounded) for each of its senders' closing marker, which follows its last batch.
 
         Draining is bounded too: other runs may be streaming without pause.
         """
         self.drain_now(SETTLE_DRAIN_LIMIT)
-        if timeout is not None and link.open_senders:
+        if wait_s is not None and link.open_senders:
             try:
-                await asyncio.wait_for(link.all_closed.wait(), timeout)
+                await asyncio.wait_for(link.all_closed.wait(), wait_s)
             except TimeoutError:
                 self.dropped["sender_not_closed"] += 1

@@ -15,13 +15,12 @@ from typing import Any
 
 import structlog
 
+from dte_tools.wire import MASK, Kind
 from duftd.publisher import Publisher
 from duftd.store import EventRow, Store
-from dte_tools.wire import Kind
 
 log = structlog.get_logger("duftd.pipeline")
 
-MASK = "********"
 # Above this many waiting events, ingest stops reading so libzmq pushes back on workers.
 BACKLOG_LIMIT = 50_000
 # Small batches bound how long one write holds the event loop (control latency).

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from dte_tools.wire import FINAL_STATES, ACTIVE_STATES, Op
+from dte_tools.wire import ACTIVE_STATES, FINAL_STATES, Op
 
 StateName = Annotated[
     str, Field(pattern="^(" + "|".join(sorted(ACTIVE_STATES | FINAL_STATES)) + ")$")

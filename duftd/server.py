@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import ipaddress
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,9 @@ from typing import IO, Any
 import structlog
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
-from duftd import __version__, connection_file
+from duftd import __version__, connection_file, curve
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
 from duftd.control import ControlServer
@@ -41,6 +44,8 @@ log = structlog.get_logger("duftd")
 
 DEFAULT_PORT = 7470
 RETENTION_INTERVAL_S = 3600.0
+# Fewer, cheaper collections: event dicts are short-lived and acyclic.
+GC_THRESHOLDS = (20_000, 50, 1000)
 
 
 @dataclass
@@ -76,6 +81,11 @@ class Daemon:
         self.pipeline: EventPipeline | None = None
         self.manager: RunManager | None = None
         self.endpoints: dict[str, str] = {}
+        self.curve: curve.CurveKeys | None = None
+        self._authenticator: AsyncioAuthenticator | None = None
+        # Where workers reach control and ingest: the public endpoints, or under CURVE
+        # ipc endpoints in the state folder (NULL mechanism; workers never hold keys).
+        self.worker_endpoints: dict[str, str] = {}
 
     # -- start-up --------------------------------------------------------------
 
@@ -86,6 +96,8 @@ class Daemon:
                 f"refusing to listen on {options.host}: a non-loopback address needs CURVE "
                 "keys (--curve-dir with server.key_secret and clients/*.key)"
             )
+        if options.curve_dir is not None:
+            self.curve = curve.load(options.curve_dir)
         options.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         config = self._load_config()
@@ -95,13 +107,18 @@ class Daemon:
         publisher = Publisher(sockets["events"])
         self.pipeline = EventPipeline(self.store, publisher)
         worker = WorkerEndpoints(
-            control=self.endpoints["control"],
-            ingest=self.endpoints["ingest"],
+            control=self.worker_endpoints["control"],
+            ingest=self.worker_endpoints["ingest"],
             data_dir=locate.data_dir(config.root),
             runs_dir=options.state_dir / "runs",
         )
         self.manager = RunManager(
-            self.store, self.pipeline, config, worker, options.max_concurrent, options.cancel_grace_s
+            self.store,
+            self.pipeline,
+            config,
+            worker,
+            options.max_concurrent,
+            options.cancel_grace_s,
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
         self.manager.ingest = ingest
@@ -118,6 +135,11 @@ class Daemon:
             asyncio.create_task(scheduler.run(), name="scheduler"),
         ]
         lost = await self.manager.reconcile()
+        # Everything loaded so far lives as long as the daemon: keep it out of the cyclic
+        # collector's full passes, which otherwise stall the loop for tens of milliseconds
+        # while events stream (seen as control-latency spikes in `make bench`).
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         path = connection_file.write(
             options.state_dir,
             {
@@ -128,6 +150,7 @@ class Daemon:
                 "protocol": PROTOCOL_VERSION,
                 "started_at": self.started_at,
                 "config": str(config.root),
+                **({"curve_server_key": self.curve.public.decode()} if self.curve else {}),
             },
         )
         log.info(
@@ -137,6 +160,7 @@ class Daemon:
             state=str(options.state_dir),
             connection_file=str(path),
             runs_marked_lost=lost,
+            curve=self.curve is not None,
             **self.endpoints,
         )
 
@@ -170,6 +194,13 @@ class Daemon:
 
     def _bind(self) -> dict[str, zmq.asyncio.Socket]:
         options = self.options
+        keys = self.curve
+        if keys is not None:
+            # Checks every CURVE peer's key against clients/ (loaded once, at start-up).
+            # NULL peers (the ipc endpoints below) are not sent to it: no ZAP domain is set.
+            self._authenticator = AsyncioAuthenticator(self.context)
+            self._authenticator.start()
+            self._authenticator.configure_curve(domain="*", location=str(keys.clients_dir))
         kinds = {"control": zmq.ROUTER, "ingest": zmq.PULL, "events": zmq.PUB}
         sockets = {}
         for offset, (name, kind) in enumerate(kinds.items()):
@@ -183,6 +214,10 @@ class Daemon:
                 # and a full one makes workers wait instead of the daemon swelling.
                 socket.rcvhwm = 100
             port = "*" if options.port == 0 else str(options.port + offset)
+            if keys is not None:
+                socket.curve_secretkey = keys.secret
+                socket.curve_publickey = keys.public
+                socket.curve_server = True
             try:
                 socket.bind(f"tcp://{options.host}:{port}")
             except zmq.ZMQError as error:
@@ -191,8 +226,27 @@ class Daemon:
                     "pick another --port (0 picks free ports)"
                 ) from None
             self.endpoints[name] = socket.last_endpoint.decode()
+            self.worker_endpoints[name] = self.endpoints[name]
+            if keys is not None and name != "events":
+                self.worker_endpoints[name] = self._bind_worker_ipc(socket, name)
             sockets[name] = socket
         return sockets
+
+    def _bind_worker_ipc(self, socket: zmq.asyncio.Socket, name: str) -> str:
+        """Bind ``<state>/<name>.ipc`` with the NULL mechanism, owner-only, for workers."""
+        path = self.options.state_dir / f"{name}.ipc"
+        endpoint = f"ipc://{path}"
+        # libzmq takes a socket's options at each bind: this endpoint is not a CURVE server.
+        socket.curve_server = False
+        try:
+            socket.bind(endpoint)  # replaces a file a crashed daemon left (we hold the lock)
+        except zmq.ZMQError as error:
+            raise StartupError(
+                f"cannot listen on {endpoint} for workers: {error}; "
+                "a shorter --state-dir path may help (ipc paths are limited to ~100 bytes)"
+            ) from None
+        path.chmod(0o600)
+        return socket.last_endpoint.decode()
 
     # -- serving ---------------------------------------------------------------
 
@@ -203,10 +257,15 @@ class Daemon:
             if options.retention_days is not None:
                 older = time.time() - options.retention_days * 86400
             assert self.store is not None
-            with contextlib.suppress(Exception):
+            try:
                 pruned = await self.store.prune(older, options.retention_runs)
-                if pruned:
-                    log.info("pruned old runs", runs=pruned)
+            except Exception:  # noqa: BLE001 - retention must never stop the daemon
+                log.exception("pruning old runs failed")
+                pruned = []
+            for run_id in pruned:  # executed notebooks and other per-run files go with the run
+                shutil.rmtree(options.state_dir / "runs" / str(run_id), ignore_errors=True)
+            if pruned:
+                log.info("pruned old runs", runs=len(pruned))
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -228,11 +287,19 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self.context.destroy(linger=0)
+        self._remove_worker_ipc()
         connection_file.remove(self.options.state_dir, os.getpid())
         if self._lock is not None:
             self._lock.close()
         log.info("duftd stopped")
+
+    def _remove_worker_ipc(self) -> None:
+        for endpoint in self.worker_endpoints.values():
+            if endpoint.startswith("ipc://"):
+                Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
 
 
 async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:
@@ -243,4 +310,3 @@ async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:
         await daemon.serve(stop)
     finally:
         await daemon.stop()
-

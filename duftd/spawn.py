@@ -67,7 +67,8 @@ async def wait_exit(process: asyncio.subprocess.Process) -> int:
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-    while process.returncode is None:  # the child watcher reaps it a moment later
+    # The child watcher reaps it a moment later and offers nothing to await.
+    while process.returncode is None:  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     return process.returncode
 

@@ -226,8 +226,8 @@ class Store:
             (seq,) = await cursor.fetchone()  # type: ignore[misc]
         return int(seq)
 
-    async def prune(self, older_than: float | None, keep_per_task: int | None) -> int:
-        """Delete finished runs (and their events) past the retention policy; returns count."""
+    async def prune(self, older_than: float | None, keep_per_task: int | None) -> list[int]:
+        """Delete finished runs (and their events) past the retention policy; returns their ids."""
         doomed: set[int] = set()
         marks = ", ".join("?" for _ in ACTIVE_STATES)
         if older_than is not None:
@@ -238,15 +238,16 @@ class Store:
                 doomed.update(row[0] for row in await cursor.fetchall())
         if keep_per_task is not None:
             async with self._db.execute(
-                f"SELECT id FROM (SELECT id, state, ROW_NUMBER() OVER "
-                f"(PARTITION BY task_id ORDER BY id DESC) AS n FROM runs) "
-                f"WHERE n > ? AND state NOT IN ({marks})",
-                (keep_per_task, *ACTIVE_STATES),
+                # Only finished runs count towards the N kept per task.
+                f"SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                f"(PARTITION BY task_id ORDER BY id DESC) AS n FROM runs "
+                f"WHERE state NOT IN ({marks})) WHERE n > ?",
+                (*ACTIVE_STATES, keep_per_task),
             ) as cursor:
                 doomed.update(row[0] for row in await cursor.fetchall())
         if doomed:
             await self._delete_runs(sorted(doomed))
-        return len(doomed)
+        return sorted(doomed)
 
     async def _delete_runs(self, run_ids: Iterable[int]) -> None:
         rows = [(run_id,) for run_id in run_ids]

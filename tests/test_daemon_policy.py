@@ -10,7 +10,6 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import zmq
 
 from clients.bus import DaemonError
@@ -138,8 +137,6 @@ def test_cancel_kills_the_whole_process_tree(
     assert run["state"] == "cancelled"
     assert "cancelled by request" in run["reason"]
     wait_gone(list(pids.values()))
-
-
 
 
 def test_cancel_ends_a_run_whose_escaped_child_holds_its_output(

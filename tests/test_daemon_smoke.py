@@ -7,7 +7,7 @@ from tests.harness import DaemonProcess
 
 
 def test_sample_task_succeeds_with_its_log_and_progress(daemon: DaemonProcess) -> None:
-    """A submitted script run succeeds, with its log lines, progress and captured print() stored in order."""
+    """A submitted script run succeeds, its log, progress and print() output stored in order."""
     reply = daemon.submit("SAMPLE", name="Arya", sleep_time=0, steps=3)
     assert reply["joined"] is False
     run = daemon.wait_final(reply["run"]["id"])

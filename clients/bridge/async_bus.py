@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from clients.bus import ConnectionInfo, DaemonNotRunning
+from clients.bus import ConnectionInfo, DaemonNotRunning, curve_setup
 from dte_tools.wire import CLIENT_SIGNER, TOPIC_PREFIX, decode_reply, encode_request
 
 log = logging.getLogger("duft.bridge.bus")
@@ -241,7 +242,12 @@ class AsyncBus:
                 return False
             if self._conn is not None and self._conn.info == info:
                 return False
-            self._connect(info)
+            try:
+                setup = curve_setup(info)
+            except DaemonNotRunning as error:  # CURVE required and no usable client key
+                self._drop(str(error))
+                return False
+            self._connect(info, setup)
             return True
 
     async def _watch(self) -> None:
@@ -252,14 +258,17 @@ class AsyncBus:
             except Exception:  # the watcher must outlive any surprise
                 log.exception("re-reading duftd's connection file failed")
 
-    def _connect(self, info: ConnectionInfo) -> None:
+    def _connect(self, info: ConnectionInfo, setup: Callable[[zmq.Socket], None] | None) -> None:
         assert self._context is not None, "start() the bus first"
         self._drop(None)
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 0
-        dealer.connect(info.control)
         sub = self._context.socket(zmq.SUB)
         sub.linger = 0
+        if setup is not None:  # the daemon requires CURVE
+            setup(dealer)
+            setup(sub)
+        dealer.connect(info.control)
         sub.connect(info.events)
         sub.subscribe(TOPIC_PREFIX)
         conn = _Connection(info, dealer, sub)

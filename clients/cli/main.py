@@ -13,9 +13,9 @@ from typing import Any
 
 from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
 from clients.cli import connections, render, schedules, validate
+from dte_tools.wire import ACTIVE_STATES, Op
 from duftd.config import parse_cli_assignments
 from duftd.errors import ParameterError
-from dte_tools.wire import ACTIVE_STATES, Op
 
 RUN_COLUMNS = [
     ("id", "RUN"),
@@ -51,7 +51,8 @@ def cmd_status(args: argparse.Namespace, client: BusClient) -> int:
     render.console.print(
         f"duftd {health['version']} (pid {health['pid']}) up {health['uptime_s']:.0f} s\n"
         f"config: {health['config']}\n"
-        f"active: {health['active']} (queued {health['queued']}, limit {health['max_concurrent']})\n"
+        f"active: {health['active']} (queued {health['queued']}, "
+        f"limit {health['max_concurrent']})\n"
         f"runs: {runs}",
         markup=False,
     )
@@ -64,10 +65,17 @@ def cmd_tasks(args: argparse.Namespace, client: BusClient) -> int:
         render.as_json(tasks)
         return 0
     rows = [
-        {**t, "status": "ok" if t["runnable"] else "cannot run", "hidden": "hidden" if t["hidden"] else ""}
+        {
+            **t,
+            "status": "ok" if t["runnable"] else "cannot run",
+            "hidden": "hidden" if t["hidden"] else "",
+        }
         for t in tasks
     ]
-    render.table(rows, [("id", "TASK"), ("kind", "KIND"), ("name", "NAME"), ("status", "STATUS"), ("hidden", "")])
+    render.table(
+        rows,
+        [("id", "TASK"), ("kind", "KIND"), ("name", "NAME"), ("status", "STATUS"), ("hidden", "")],
+    )
     return 0
 
 
@@ -77,7 +85,9 @@ def cmd_show(args: argparse.Namespace, client: BusClient) -> int:
         render.as_json(task)
         return 0
     out = render.console
-    out.print(f"{task['id']}: {task['name']} ({task['kind']}, {task['file']})", style="bold", markup=False)
+    out.print(
+        f"{task['id']}: {task['name']} ({task['kind']}, {task['file']})", style="bold", markup=False
+    )
     if task["description"]:
         out.print(task["description"], markup=False)
     for problem in task["problems"]:
@@ -195,7 +205,10 @@ def _follow(client: BusClient, run_id: int, as_json: bool) -> int:
         else:
             last = render.follow_with_progress(events)
     except KeyboardInterrupt:
-        print(f"\nstopped following; run {run_id} goes on (`duft logs {run_id} --follow`)", file=sys.stderr)
+        print(
+            f"\nstopped following; run {run_id} goes on (`duft logs {run_id} --follow`)",
+            file=sys.stderr,
+        )
         return 130
     state = last["data"].get("state") if last else None
     return 0 if state == "succeeded" else 1
@@ -228,12 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("status", "the daemon's health and run counts")
-    command("tasks", "list tasks").add_argument("--all", action="store_true", help="include hidden tasks")
+    command("tasks", "list tasks").add_argument(
+        "--all", action="store_true", help="include hidden tasks"
+    )
     command("show", "show one task and its parameters").add_argument("task")
     p = command("run", "run a task")
     p.add_argument("task")
-    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter (JSON where it parses)")
-    p.add_argument("-f", "--follow", action="store_true", help="show the log live until the run ends")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a parameter (JSON where it parses)",
+    )
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="show the log live until the run ends"
+    )
     p = command("runs", "list runs, newest first")
     p.add_argument("--task")
     p.add_argument("--state")
@@ -242,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
     command("cancel", "cancel a queued or running run").add_argument("run", type=int)
-    command("output", "where a notebook run's executed copy (with outputs) is").add_argument("run", type=int)
+    command("output", "where a notebook run's executed copy (with outputs) is").add_argument(
+        "run", type=int
+    )
     command("reload", "make duftd read duft-config again (tasks, connections, schedules)")
     validate.add_parser(sub)
     schedules.add_parser(sub)

@@ -83,7 +83,12 @@ def follow_with_progress(events: Iterator[dict[str, Any]]) -> dict[str, Any] | N
             if event["kind"] == Kind.PROGRESS:
                 data = event["data"]
                 description = (data.get("message") or "running")[:40]
-                progress.update(bar, completed=data["done"], total=data["total"] or None, description=description)
+                progress.update(
+                    bar,
+                    completed=data["done"],
+                    total=data["total"] or None,
+                    description=description,
+                )
                 continue
             text, style = event_line(event)
             progress.console.print(text, style=style, markup=False)
@@ -95,11 +100,20 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
     if not rows:
         console.print("(none)")
         return
-    cells = [[str(row.get(key, "") if row.get(key) is not None else "-") for key, _ in columns] for row in rows]
+    cells = [
+        [str(row.get(key, "") if row.get(key) is not None else "-") for key, _ in columns]
+        for row in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
-    console.print("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)), style="bold", markup=False)
+    console.print(
+        "  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)),
+        style="bold",
+        markup=False,
+    )
     for line in cells:
-        console.print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False)
+        console.print(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
+        )
 
 
 def as_json(value: Any) -> None:

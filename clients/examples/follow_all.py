@@ -26,6 +26,9 @@ try:
     while True:
         topic, body = subscriber.recv_multipart()
         for event in json.loads(body):
-            print(f"run {event['run_id']} {event['task_id']} #{event['seq']} {event['kind']}: {json.dumps(event['data'])}")
+            print(
+                f"run {event['run_id']} {event['task_id']} #{event['seq']} {event['kind']}: "
+                f"{json.dumps(event['data'])}"
+            )
 except KeyboardInterrupt:
     pass

@@ -42,7 +42,10 @@ def request(op: str, **args: object) -> dict:
 
 submitted = request("submit", task=task, params=params)
 run = submitted["run"]
-print(f"run {run['id']} of {run['task_id']}" + (" (joined the active run)" if submitted["joined"] else ""))
+print(
+    f"run {run['id']} of {run['task_id']}"
+    + (" (joined the active run)" if submitted["joined"] else "")
+)
 # Page through the run's stored events until the final state: nothing is missed.
 after, final = 0, False
 while not final:

@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dte_tools.wire import SECRET_KEY_PATTERN
 from duftd.config.model import LoadedConfig, TaskSpec
 from duftd.errors import ParameterError, UnknownConnectionError
 
-_SECRET_KEY = re.compile(r"password|passwd|pwd|secret|token|api[_-]?key", re.IGNORECASE)
+_SECRET_KEY = re.compile(SECRET_KEY_PATTERN, re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from typing import Any
 
 import structlog
 
+from dte_tools import wire
+from dte_tools.wire import Kind, State
 from duftd import spawn
 from duftd.config import (
     LoadedConfig,
@@ -34,8 +36,6 @@ from duftd.notebook.scratch import kernel_dir
 from duftd.pipeline import EventPipeline, RunChannel
 from duftd.runs.supervisor import LaunchSpec, Outcome, RunSupervisor
 from duftd.store import Store
-from dte_tools import wire
-from dte_tools.wire import ACTIVE_STATES, Kind, State
 
 log = structlog.get_logger("duftd.runs")
 
@@ -131,7 +131,9 @@ class RunManager:
     ) -> tuple[dict[str, Any], dict[str, str], bool]:
         """Queue a run of a task; returns (run, ignored parameters, joined an active run)."""
         if not self._accepting:
-            raise ShuttingDownError("duftd is shutting down and takes no new runs; submit again once it is back")
+            raise ShuttingDownError(
+                "duftd is shutting down and takes no new runs; submit again once it is back"
+            )
         config = self.config
         task = config.runnable_task(address)
         resolved = resolve_parameters(task, given)
@@ -212,14 +214,16 @@ class RunManager:
             try:
                 pid = await supervisor.start()
             except OSError as error:
-                await self._finish(run, Outcome(State.FAILED, None, f"worker did not start: {error}"))
+                await self._finish(
+                    run, Outcome(State.FAILED, None, f"worker did not start: {error}")
+                )
                 return
             run.supervisor = supervisor
             await self._transition(run, State.RUNNING, pid=pid, started_at=time.time())
             if run.cancel_reason:
                 supervisor.stop(State.CANCELLED, run.cancel_reason)
             outcome = await supervisor.wait(lambda on_its_own: self._settle(run, on_its_own))
-        except Exception as error:  # noqa: BLE001 - any bug here must still record the run
+        except Exception as error:
             log.exception("run failed inside duftd", run_id=run.id)
             outcome = Outcome(State.FAILED, None, f"duftd error while supervising: {error!r}")
         await asyncio.shield(self._finish(run, outcome))
@@ -330,7 +334,9 @@ class RunManager:
             shutil.rmtree(kernel_dir(run.link.token), ignore_errors=True)
         output = self._output_path(run)
         if output is not None and output.is_file() and run.link.channel.secrets:
-            output.write_text(run.link.channel.redact(output.read_text(encoding="utf-8")), encoding="utf-8")
+            output.write_text(
+                run.link.channel.redact(output.read_text(encoding="utf-8")), encoding="utf-8"
+            )
 
     # -- daemon lifecycle ------------------------------------------------------
 
@@ -343,10 +349,14 @@ class RunManager:
             orphans = self._kill_orphans(run_id, record["token_hash"])
             if orphans:
                 reason += f"; {orphans} orphaned worker process(es) killed"
-            await self.store.update_run(run_id, state=State.LOST, ended_at=time.time(), reason=reason)
+            await self.store.update_run(
+                run_id, state=State.LOST, ended_at=time.time(), reason=reason
+            )
             channel = RunChannel(run_id, record["task_id"])
             channel.last_seq = await self.store.max_seq(run_id)
-            self.pipeline.emit(channel, Kind.STATE, {"state": State.LOST, "reason": reason}, time.time())
+            self.pipeline.emit(
+                channel, Kind.STATE, {"state": State.LOST, "reason": reason}, time.time()
+            )
         return len(lost)
 
     @staticmethod

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duftd import spawn
 from dte_tools.wire import Kind, State
+from duftd import spawn
 
 STDERR_TAIL_LINES = 40
 REASON_TRACEBACK_LINES = 8
