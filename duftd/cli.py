@@ -9,10 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
+from dte_tools import locate
 from duftd.errors import DuftError
 from duftd.logs import configure
 from duftd.server import DEFAULT_PORT, DaemonOptions, run_daemon
-from dte_tools import locate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--port",
         type=int,
         default=DEFAULT_PORT,
-        help=f"control port; ingest and events use the next two; 0 picks free ports (default {DEFAULT_PORT})",
+        help=f"control port; ingest and events use the next two; 0: any free "
+        f"(default {DEFAULT_PORT})",
     )
     parser.add_argument(
         "--max-concurrent",

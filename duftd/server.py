@@ -9,7 +9,6 @@ closes the store and the sockets, and removes the connection file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import gc
 import ipaddress
@@ -26,6 +25,8 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from dte_tools import locate
+from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
@@ -37,8 +38,6 @@ from duftd.publisher import PUB_HIGH_WATER_MARK, Publisher
 from duftd.runs.manager import RunManager, WorkerEndpoints
 from duftd.scheduler import Scheduler
 from duftd.store import Store
-from dte_tools import locate
-from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 
 log = structlog.get_logger("duftd")
 
@@ -259,7 +258,7 @@ class Daemon:
             assert self.store is not None
             try:
                 pruned = await self.store.prune(older, options.retention_runs)
-            except Exception:  # noqa: BLE001 - retention must never stop the daemon
+            except Exception:
                 log.exception("pruning old runs failed")
                 pruned = []
             for run_id in pruned:  # executed notebooks and other per-run files go with the run
