@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-# -- duft-config fixtures (config loading, resolution, `duft validate`) ---------------
+from tests.harness import FIXTURES_DIR, DaemonProcess, copy_config
 
-FIXTURES_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "duft-config-public"
+# -- duft-config fixtures (config loading, resolution, `duft validate`) ---------------
 
 
 @pytest.fixture
@@ -18,10 +19,6 @@ def fixtures_dir() -> Path:
 
 
 # -- a real daemon (tests/harness.py) ------------------------------------------------
-
-from collections.abc import Callable, Iterator  # noqa: E402
-
-from tests.harness import DaemonProcess, copy_config  # noqa: E402
 
 
 @pytest.fixture

@@ -22,6 +22,9 @@ from dte_tools.wire import FINAL_STATES, Op
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_CONFIG = REPO / "duft-config"
+# The public DUFT config as published, in shared/ beside the checkout (resolved: the loader
+# reports resolved paths).
+FIXTURES_DIR = (REPO.parent / "shared" / "fixtures" / "duft-config-public").resolve()
 START_TIMEOUT_S = 20.0
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from dte_tools.wire import Op
-from tests.harness import REPO, DaemonProcess
+from tests.harness import FIXTURES_DIR, REPO, DaemonProcess
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "duft-config-public"
+FIXTURE = FIXTURES_DIR
 OLD_PASSWORD = "mysecretword"  # ANA's password in the fixture
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from clients.cli import validate
+from tests.harness import FIXTURES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def clean_config(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fixture_report() -> dict[str, Any]:
-    fixtures = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "duft-config-public"
+    fixtures = FIXTURES_DIR
     result = duft_validate("--config", fixtures, "--json")
     assert result.returncode == 1, result.stderr
     return json.loads(result.stdout)
