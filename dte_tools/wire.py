@@ -56,6 +56,9 @@ HARD_MESSAGE_BYTES = 64 * 1024 * 1024
 # Environment variables a worker is started with (and nothing secret).
 ENV_RUN_ID = "DUFT_RUN_ID"
 ENV_RUN_TOKEN = "DUFT_RUN_TOKEN"
+# Set when a worker process starts (a spare starts before its run is known): every process
+# of a run inherits it, so duftd can find and stop them all.
+ENV_WORKER_ID = "DUFT_WORKER_ID"
 ENV_CONTROL = "DUFT_CONTROL_ENDPOINT"
 ENV_INGEST = "DUFT_INGEST_ENDPOINT"
 ENV_CONFIG_DIR = "DUFT_CONFIG_DIR"

@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--no-spares",
+        action="store_true",
+        help="start every worker cold instead of keeping a warm one of each kind ready",
+    )
     return parser.parse_args(argv)
 
 
@@ -79,6 +84,7 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         retention_days=args.retention_days or None,
         retention_runs=args.retention_runs or None,
         curve_dir=args.curve_dir,
+        spares=not args.no_spares,
     )
 
 

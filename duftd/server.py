@@ -58,6 +58,7 @@ class DaemonOptions:
     retention_days: float | None = 90.0
     retention_runs: int | None = 500
     curve_dir: Path | None = None
+    spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.spares)
 
 
 def is_loopback(host: str) -> bool:
@@ -118,6 +119,7 @@ class Daemon:
             worker,
             options.max_concurrent,
             options.cancel_grace_s,
+            spares=options.spares,
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
         self.manager.ingest = ingest
@@ -134,6 +136,7 @@ class Daemon:
             asyncio.create_task(scheduler.run(), name="scheduler"),
         ]
         lost = await self.manager.reconcile()
+        self.manager.start_spares()
         # Everything loaded so far lives as long as the daemon: keep it out of the cyclic
         # collector's full passes, which otherwise stall the loop for tens of milliseconds
         # while events stream (seen as control-latency spikes in `make bench`).

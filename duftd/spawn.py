@@ -30,14 +30,15 @@ def worker_environment(extra: dict[str, str]) -> dict[str, str]:
 
 
 async def start_worker(
-    argv: list[str], cwd: Path, env: dict[str, str]
+    argv: list[str], cwd: Path, env: dict[str, str], stdin_pipe: bool = False
 ) -> asyncio.subprocess.Process:
-    """Start a worker in a new session with its output piped to the daemon."""
+    """Start a worker in a new session with its output piped to the daemon (and its input
+    too for a spare, which is handed its run there)."""
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,

@@ -47,17 +47,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID;
     """,
-    # 2: where a notebook run's executed copy is kept, and a hash of the run token so a
-    # restarted daemon can recognise (and stop) the orphaned processes of a lost run.
+    # 2: where a notebook run's executed copy is kept, and the worker id its processes
+    # carry, so a restarted daemon can recognise (and stop) the orphans of a lost run.
     """
     ALTER TABLE runs ADD COLUMN output TEXT;
-    ALTER TABLE runs ADD COLUMN token_hash TEXT;
+    ALTER TABLE runs ADD COLUMN worker_id TEXT;
     """,
 )
 
 RUN_COLUMNS = (
     "id, task_id, state, requested_by, params, ignored, created_at, started_at, ended_at, "
-    "exit_code, reason, error_count, warning_count, pid, output"
+    "exit_code, reason, error_count, warning_count, pid, output, worker_id"
 )
 UPDATABLE = frozenset(
     {
@@ -70,7 +70,7 @@ UPDATABLE = frozenset(
         "warning_count",
         "pid",
         "output",
-        "token_hash",
+        "worker_id",
     }
 )
 EventRow = tuple[int, int, float, str, str]
@@ -188,10 +188,10 @@ class Store:
             return [_run_dict(row) for row in await cursor.fetchall()]
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
-        """Runs left queued, starting or running, with their ``token_hash``."""
+        """Runs left queued, starting or running."""
         marks = ", ".join("?" for _ in ACTIVE_STATES)
         async with self._db.execute(
-            f"SELECT {RUN_COLUMNS}, token_hash FROM runs WHERE state IN ({marks}) ORDER BY id",
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY id",
             tuple(ACTIVE_STATES),
         ) as cursor:
             return [_run_dict(row) for row in await cursor.fetchall()]

@@ -223,13 +223,6 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
     )
 
 
-def process_environment(pid: int) -> dict[str, str]:
-    """The environment a live process was started with, from /proc."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    pairs = (entry.split(b"=", 1) for entry in raw.split(b"\0") if b"=" in entry)
-    return {name.decode(): value.decode(errors="replace") for name, value in pairs}
-
-
 def log_messages(events: list[dict[str, Any]]) -> list[str]:
     return [e["data"]["message"] for e in events if e["kind"] == "log"]
 

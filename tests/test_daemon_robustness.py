@@ -25,7 +25,6 @@ from tests.harness import (
     log_messages,
     open_gate,
     pid_alive,
-    process_environment,
     read_note,
     wait_for,
     wait_gone,
@@ -217,7 +216,7 @@ def test_hostile_batches_from_a_live_worker_harm_no_run(
     daemon = daemon_factory(config_dir)
     run_a = daemon.submit("GATED-A")["run"]["id"]
     run_b = daemon.submit("GATED-B")["run"]["id"]
-    token = process_environment(read_note(config_dir, "ready", run_a)["pid"])["DUFT_RUN_TOKEN"]
+    token = read_note(config_dir, "ready", run_a)["token"]
     read_note(config_dir, "ready", run_b)
     now = time.time()
     bodies = [

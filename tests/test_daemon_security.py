@@ -28,7 +28,6 @@ from tests.harness import (
     add_worker_task,
     final_state_event,
     open_gate,
-    process_environment,
     read_note,
     wait_for,
 )
@@ -109,7 +108,7 @@ def test_worker_token_reaches_only_its_own_run(gated_daemon: DaemonProcess) -> N
     config_dir = daemon.config_dir
     run_a = daemon.submit("GATED-A")["run"]["id"]
     run_b = daemon.submit("GATED-B")["run"]["id"]
-    token_a = process_environment(read_note(config_dir, "ready", run_a)["pid"])["DUFT_RUN_TOKEN"]
+    token_a = read_note(config_dir, "ready", run_a)["token"]
     read_note(config_dir, "ready", run_b)
     key_a = token_a.encode()
 

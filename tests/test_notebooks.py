@@ -114,10 +114,14 @@ def duft(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def run_processes(daemon: DaemonProcess, run_id: int) -> dict[int, str]:
-    """Live processes of one run of this daemon (pid -> command line), found by environment."""
+    """Live processes of one run of this daemon (pid -> command line), found by the worker id
+    every process of the run carries from its start (a warm spare learns its run id later)."""
     assert daemon.client is not None
+    worker_id = daemon.request(Op.RUN, run=run_id)["run"]["worker_id"]
+    if not worker_id:
+        return {}
     wanted = {
-        f"{wire.ENV_RUN_ID}={run_id}".encode(),
+        f"{wire.ENV_WORKER_ID}={worker_id}".encode(),
         f"{wire.ENV_CONTROL}={daemon.client.info.control}".encode(),
     }
     found = {}
@@ -144,12 +148,12 @@ def alive(pid: int) -> bool:
 
 
 def kernel_folder(processes: dict[int, str]) -> Path:
-    """The run's kernel folder (sockets, connection file), named from the run's token."""
+    """The run's kernel folder (sockets, connection file), named from its worker id."""
     pid = next(iter(processes))
-    prefix = f"{wire.ENV_RUN_TOKEN}=".encode()
+    prefix = f"{wire.ENV_WORKER_ID}=".encode()
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    token = next(entry[len(prefix) :] for entry in environ if entry.startswith(prefix))
-    return kernel_dir(token)
+    worker_id = next(entry[len(prefix) :] for entry in environ if entry.startswith(prefix))
+    return kernel_dir(worker_id.decode())
 
 
 def kernel_pids(processes: dict[int, str]) -> list[int]:

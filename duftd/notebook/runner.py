@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbformat import NotebookNode
 
 from dte_tools.backends import DaemonBackend
-from dte_tools.wire import ENV_RUN_TOKEN, Kind
+from dte_tools.wire import ENV_WORKER_ID, Kind
 from duftd.notebook.kernel import KERNEL_NAME, ProjectKernelSpecManager
 from duftd.notebook.params import inject
 from duftd.notebook.scratch import kernel_dir
@@ -189,8 +190,10 @@ async def running_kernel(client: NotebookClient, stop: StopRequest) -> AsyncIter
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
     try:
-        await client.async_start_new_kernel()
-        await client.async_start_new_kernel_client()
+        if not client.km.has_kernel:  # a spare's kernel is already up
+            await client.async_start_new_kernel()
+        if client.kc is None:
+            await client.async_start_new_kernel_client()
         stop.kernel_ready(client.km)
         yield
     finally:
@@ -212,23 +215,18 @@ async def shutdown_kernel(client: NotebookClient) -> None:
         await ensure_async(km.cleanup_resources())
 
 
-def execute(nb: NotebookNode, backend: DaemonBackend, cwd: Path, folder: Path) -> Result:
-    """Run every cell; returns the failure (cell, exception, traceback) and any stop signal.
-
-    ``folder`` (created here, removed after) holds the kernel's sockets and connection file.
-    """
-    folder.mkdir(mode=0o700)
-    try:
-        return asyncio.run(_execute(nb, backend, cwd, kernel_manager(folder)))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def _execute(
-    nb: NotebookNode, backend: DaemonBackend, cwd: Path, manager: AsyncKernelManager
+    nb: NotebookNode,
+    backend: DaemonBackend,
+    cwd: Path,
+    manager: AsyncKernelManager,
+    warm: WarmKernel | None = None,
 ) -> Result:
     client = ReportingClient(nb, backend, timeout=None, resources={"metadata": {"path": str(cwd)}})
     client.km = manager
+    if warm is not None:
+        client.kc = warm.client
+        await warm.join_run(client)
     client.on_cell_execute = client.on_execute
     client.on_cell_executed = client.on_executed
     stop = StopRequest()
@@ -280,8 +278,30 @@ def write_notebook(nb: NotebookNode, path: Path) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def main(argv: list[str]) -> int:
-    notebook_path, output_path = Path(argv[1]), Path(argv[2])
+@dataclass
+class WarmKernel:
+    """A spare's kernel, started and ready before its run existed."""
+
+    manager: AsyncKernelManager
+    client: Any  # the kernel client, channels started
+    job: dict[str, Any]
+
+    async def join_run(self, notebook: NotebookClient) -> None:
+        """Give the kernel the run's environment and folder, as a cold one would have had."""
+        env, cwd = self.job["env"], self.job["cwd"]
+        paths = [cwd, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+        code = (
+            f"import os as _o, sys as _s\n_o.environ.update({env!r})\n_o.chdir({cwd!r})\n"
+            f"_s.path[0:0] = {paths!r}"
+        )
+        msg_id = self.client.execute(code, silent=True, store_history=False)
+        await notebook.async_wait_for_reply(msg_id)
+
+
+async def run(
+    notebook_path: Path, output_path: Path, folder: Path, warm: WarmKernel | None = None
+) -> int:
+    """Execute the notebook for the run in this process's environment; the exit code."""
     backend = DaemonBackend.from_environment()
     try:
         nb = nbformat.read(notebook_path, as_version=4)
@@ -294,8 +314,9 @@ def main(argv: list[str]) -> int:
         message = "no `params = {}` first cell or `parameters` tag: parameters put at the top"
         backend.emit(Kind.NOTICE, {"message": message})
     result = Result()
+    manager = warm.manager if warm else kernel_manager(folder)
     try:
-        result = execute(nb, backend, Path.cwd(), kernel_dir(os.environ[ENV_RUN_TOKEN]))
+        result = await _execute(nb, backend, Path.cwd(), manager, warm)
     finally:
         write_notebook(nb, output_path)
     code = 0
@@ -312,6 +333,36 @@ def main(argv: list[str]) -> int:
         code = 1
     backend.close()
     return code
+
+
+async def spare(folder: Path) -> int:
+    """Start a kernel and wait for a run on stdin (see duftd.runs.spares), then run it."""
+    manager = kernel_manager(folder)
+    await ensure_async(manager.start_kernel())
+    client = manager.client()
+    client.start_channels()
+    await ensure_async(client.wait_for_ready(timeout=60))
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if not line:  # duftd stopped before handing us a run
+        client.stop_channels()
+        await ensure_async(manager.shutdown_kernel(now=True))
+        return 0
+    job = json.loads(line)
+    os.chdir(job["cwd"])
+    os.environ.update(job["env"])
+    notebook, output = job["argv"]
+    return await run(Path(notebook), Path(output), folder, WarmKernel(manager, client, job))
+
+
+def main(argv: list[str]) -> int:
+    folder = kernel_dir(os.environ[ENV_WORKER_ID])
+    folder.mkdir(mode=0o700)
+    try:
+        if argv[1:] == ["--spare"]:
+            return asyncio.run(spare(folder))
+        return asyncio.run(run(Path(argv[1]), Path(argv[2]), folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

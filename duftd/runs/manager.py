@@ -7,7 +7,6 @@ here, and nowhere else. One :class:`RunSupervisor` per running run does the proc
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import secrets
 import shutil
@@ -34,11 +33,15 @@ from duftd.errors import ShuttingDownError, UnknownRunError
 from duftd.ingest import Ingest, WorkerLink
 from duftd.notebook.scratch import kernel_dir
 from duftd.pipeline import EventPipeline, RunChannel
+from duftd.runs.spares import SparePool, new_worker_id
 from duftd.runs.supervisor import LaunchSpec, Outcome, RunSupervisor
 from duftd.store import Store
 
 log = structlog.get_logger("duftd.runs")
 
+SCRIPT_SPARE = [sys.executable, "-m", "dte_tools.spare"]
+NOTEBOOK_COLD = [sys.executable, "-m", "duftd.notebook.runner"]
+NOTEBOOK_SPARE = [*NOTEBOOK_COLD, "--spare"]
 # How long a worker that ended on its own may take to deliver its last events (its
 # senders' closing markers) before the final state is recorded.
 SETTLE_TIMEOUT_S = 1.0
@@ -52,11 +55,6 @@ class WorkerEndpoints:
     ingest: str
     data_dir: Path
     runs_dir: Path  # per-run folders: executed notebooks, executeFromRoot copies
-
-
-def token_hash(token: bytes) -> str:
-    """What the store keeps of a run token: enough to recognise it, useless to forge."""
-    return hashlib.sha256(token).hexdigest()
 
 
 @dataclass(eq=False)
@@ -73,6 +71,7 @@ class LiveRun:
     state: str = State.QUEUED
     supervisor: RunSupervisor | None = None
     cancel_reason: str | None = None
+    worker_id: str = ""  # in the environment of every process of the run
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -85,6 +84,7 @@ class RunManager:
         endpoints: WorkerEndpoints,
         max_concurrent: int,
         cancel_grace_s: float = 5.0,
+        spares: bool = True,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -99,6 +99,21 @@ class RunManager:
         self._submit_locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = True
+        known_ahead = spawn.worker_environment(
+            {
+                wire.ENV_CONTROL: endpoints.control,
+                wire.ENV_INGEST: endpoints.ingest,
+                wire.ENV_CONFIG_DIR: str(config.root),
+            }
+        )
+        self._spares = {
+            "script": SparePool(SCRIPT_SPARE, known_ahead, config.root, spares),
+            "notebook": SparePool(NOTEBOOK_SPARE, known_ahead, config.root, spares),
+        }
+
+    def start_spares(self) -> None:
+        for pool in self._spares.values():
+            pool.start()
 
     # -- queries ---------------------------------------------------------------
 
@@ -204,13 +219,14 @@ class RunManager:
         """One run from starting to its recorded final state; failure is data, never raised."""
         try:
             output = self._output_path(run)
+            launch = self._launch_spec(run)
             await self._transition(
                 run,
                 State.STARTING,
-                token_hash=token_hash(run.link.token),
+                worker_id=run.worker_id,
                 output=str(output) if output else None,
             )
-            supervisor = RunSupervisor(self._launch_spec(run), lambda k, d: self._emit(run, k, d))
+            supervisor = RunSupervisor(launch, lambda k, d: self._emit(run, k, d))
             try:
                 pid = await supervisor.start()
             except OSError as error:
@@ -243,12 +259,12 @@ class RunManager:
         return self._run_dir(run) / run.task.script_path.name
 
     def _launch_spec(self, run: LiveRun) -> LaunchSpec:
+        """How to start the run's worker: on a warm spare when one is ready, else cold."""
         task = run.task
         endpoints = self.endpoints
-        token = run.link.token.decode()
         extra = {
             wire.ENV_RUN_ID: str(run.id),
-            wire.ENV_RUN_TOKEN: token,
+            wire.ENV_RUN_TOKEN: run.link.token.decode(),
             wire.ENV_CONTROL: endpoints.control,
             wire.ENV_INGEST: endpoints.ingest,
             wire.ENV_CONFIG_DIR: str(run.config.root),
@@ -263,14 +279,26 @@ class RunManager:
             cwd = run.config.root.parent
             extra["PYTHONPATH"] = str(task.data_tasks_dir)
         if task.kind == "notebook":
-            output = self._output_path(run)
-            argv = [sys.executable, "-m", "duftd.notebook.runner", str(script), str(output)]
+            interpreter = NOTEBOOK_COLD
+            args = [str(script), str(self._output_path(run))]
         else:
             # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
-            argv = [sys.executable, str(script), json.dumps(run.params)]
-        env = spawn.worker_environment(extra)
-        marker = f"{wire.ENV_RUN_TOKEN}={token}"
-        return LaunchSpec(argv, cwd, env, task.timeout_seconds, self.cancel_grace_s, marker)
+            interpreter = [sys.executable]
+            args = [str(script), json.dumps(run.params)]
+        spare = self._spares[task.kind].take()
+        run.worker_id = spare.worker_id if spare else new_worker_id()
+        assignment = {"argv": args, "cwd": str(cwd), "env": extra} if spare else None
+        env = spawn.worker_environment({**extra, wire.ENV_WORKER_ID: run.worker_id})
+        return LaunchSpec(
+            interpreter + args,
+            cwd,
+            env,
+            task.timeout_seconds,
+            self.cancel_grace_s,
+            marker=f"{wire.ENV_WORKER_ID}={run.worker_id}",
+            spare=spare,
+            assignment=assignment,
+        )
 
     # -- state -----------------------------------------------------------------
 
@@ -331,7 +359,7 @@ class RunManager:
         run_dir = self._run_dir(run)
         shutil.rmtree(run_dir / "root-copy", ignore_errors=True)
         if run.task.kind == "notebook":  # left behind only by a runner that had to be killed
-            shutil.rmtree(kernel_dir(run.link.token), ignore_errors=True)
+            shutil.rmtree(kernel_dir(run.worker_id), ignore_errors=True)
         output = self._output_path(run)
         if output is not None and output.is_file() and run.link.channel.secrets:
             output.write_text(
@@ -346,7 +374,8 @@ class RunManager:
         for record in lost:
             run_id = record["id"]
             reason = f"duftd stopped while the run was {record['state']}"
-            orphans = self._kill_orphans(run_id, record["token_hash"])
+            worker_id = record["worker_id"]
+            orphans = spawn.kill_marked(f"{wire.ENV_WORKER_ID}={worker_id}") if worker_id else 0
             if orphans:
                 reason += f"; {orphans} orphaned worker process(es) killed"
             await self.store.update_run(
@@ -359,20 +388,6 @@ class RunManager:
             )
         return len(lost)
 
-    @staticmethod
-    def _kill_orphans(run_id: int, expected_hash: str | None) -> int:
-        """Kill processes a dead daemon left for a run, recognised by the run's token."""
-        if not expected_hash:
-            return 0
-        killed = 0
-        for pid in spawn.processes_with_env(f"{wire.ENV_RUN_ID}={run_id}"):
-            environ = spawn.process_environ(pid).split(b"\0")
-            prefix = f"{wire.ENV_RUN_TOKEN}=".encode()
-            tokens = [entry[len(prefix) :] for entry in environ if entry.startswith(prefix)]
-            if tokens and token_hash(tokens[0]) == expected_hash:
-                killed += spawn.kill_marked(f"{wire.ENV_RUN_TOKEN}={tokens[0].decode()}")
-        return killed
-
     async def shutdown(self, reason: str = "duftd is shutting down") -> None:
         """Refuse new runs, cancel every live one and wait until each is recorded."""
         self._accepting = False
@@ -381,6 +396,8 @@ class RunManager:
         runs = [run.finished.wait() for run in self._live.values()]
         if runs:
             await asyncio.gather(*runs)
+        for pool in self._spares.values():
+            await pool.close()
         await self.pipeline.drained()
 
     def reload(self, config: LoadedConfig) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from dte_tools.wire import Kind, State
 from duftd import spawn
+from duftd.runs.spares import Spare
 
 STDERR_TAIL_LINES = 40
 REASON_TRACEBACK_LINES = 8
@@ -46,7 +47,11 @@ class LaunchSpec:
     env: dict[str, str]
     timeout_s: float | None
     cancel_grace_s: float
-    marker: str  # an environment entry only this run's processes have (its token)
+    marker: str  # an environment entry only this run's processes have (its worker id)
+    # A warm spare to hand the run to, with its assignment (argv, cwd, env), instead of
+    # starting ``argv`` cold.
+    spare: Spare | None = None
+    assignment: dict[str, Any] | None = None
 
 
 class RunSupervisor:
@@ -64,7 +69,14 @@ class RunSupervisor:
     async def start(self) -> int:
         """Start the worker; returns its pid (also its process group id)."""
         launch = self._launch
-        self.process = await spawn.start_worker(launch.argv, launch.cwd, launch.env)
+        if launch.spare is not None and launch.assignment is not None:
+            self.process = launch.spare.process
+            try:
+                await launch.spare.assign(launch.assignment)
+            except (BrokenPipeError, ConnectionResetError) as error:
+                raise OSError(f"the spare worker went away: {error}") from None
+        else:
+            self.process = await spawn.start_worker(launch.argv, launch.cwd, launch.env)
         return self.process.pid
 
     def stop(self, state: str, reason: str) -> None:
