@@ -45,8 +45,16 @@ class DataTaskEnvironment:
         self._backend.emit(Kind.LOG, {"level": "error", "message": str(message)})
 
     def report_progress(self, done: int, total: int, message: str = "") -> None:
-        """How far the task is, as ``done`` of ``total`` steps."""
-        self._backend.emit(Kind.PROGRESS, {"done": done, "total": total, "message": message})
+        """How far the task is, as ``done`` of ``total`` steps (any real numbers, numpy's too)."""
+        self._backend.emit(
+            Kind.PROGRESS, {"done": _number(done), "total": _number(total), "message": str(message)}
+        )
+
+
+def _number(value: float) -> int | float:
+    """A plain JSON number from any real number type (a numpy int would travel as text)."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def initialise_data_task(name: str, params: dict[str, Any] | None = None) -> DataTaskEnvironment:
