@@ -21,18 +21,18 @@ RESULTS = Path(__file__).with_name("results.json")
 
 def print_table(rows: list[Row]) -> None:
     header = (
-        f"{'measure':<46} {'ours median (min-max)':>26} {'reference':<32} "
+        f"{'measure':<54} {'ours median (min-max)':>26} {'reference':<32} "
         f"{'ref median (min-max)':>26} {'ratio':>7}  target   (ratio = ours / reference)"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row.name:<46} {spread(row.ours) + ' ' + row.unit:>26} {row.reference_name:<32} "
+            f"{row.name:<54} {spread(row.ours) + ' ' + row.unit:>26} {row.reference_name:<32} "
             f"{spread(row.reference) + ' ' + row.unit:>26} {row.ratio:>7.2f}  {row.target}"
         )
         for key, value in row.notes.items():
-            print(f"{'':<48}{key}: {value}")
+            print(f"{'':<56}{key}: {value}")
 
 
 def main() -> int:
