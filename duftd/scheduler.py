@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -50,15 +51,19 @@ def requested_by(key: str) -> str:
 
 def describe_schedules(config: LoadedConfig, count: int = 3) -> dict[str, Any]:
     """What the ``schedules`` operation returns, from a config alone (no live state)."""
+    return _description(
+        ((key, item, None) for key, item in config.user.scheduled_data_tasks.items()), count
+    )
+
+
+def _description(entries: Iterable[tuple[str, Any, Any]], count: int) -> dict[str, Any]:
+    """Each (key, schedule, last outcome) with its next ``count`` firings, in local time."""
     now = datetime.now().astimezone()
     return {
         "timezone": local_timezone(),
         "utc_offset": utc_offset(now),
         "now": firing(now),
-        "schedules": [
-            _summary(key, item, now, count, None)
-            for key, item in config.user.scheduled_data_tasks.items()
-        ],
+        "schedules": [_summary(key, item, now, count, last) for key, item, last in entries],
     }
 
 
@@ -111,15 +116,7 @@ class Scheduler:
 
     def describe(self, count: int = 3) -> dict[str, Any]:
         """Every schedule with its next ``count`` firings and its last outcome."""
-        now = datetime.now().astimezone()
-        return {
-            "timezone": local_timezone(),
-            "utc_offset": utc_offset(now),
-            "now": firing(now),
-            "schedules": [
-                _summary(e.key, e.item, now, count, e.last) for e in self._entries.values()
-            ],
-        }
+        return _description(((e.key, e.item, e.last) for e in self._entries.values()), count)
 
     async def run(self) -> None:
         while True:
