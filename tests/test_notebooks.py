@@ -31,12 +31,14 @@ _gate, _deadline = pathlib.Path({path!r}), time.monotonic() + 30
 while not _gate.exists():
     if time.monotonic() > _deadline:
         raise TimeoutError("the test never opened the gate")
-    time.sleep(0.01)
+    time.sleep(0.01)  # wait-ok: polling interval of a bounded wait, inside the task
 """
-# A process the task starts in a session of its own: only the run's token still marks it.
+# A cell that hangs until stopped (the point of the tests that use it).
+HANG = "import time\ntime.sleep(600)  # wait-ok"
+# A process the task starts in a session of its own: only the run's worker id still marks it.
 START_CHILD = (
     "import subprocess, sys\n"
-    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)  # wait-ok'],"
     " start_new_session=True)"
 )
 # Long enough for a kernel to start on a busy 2-core machine before the run times out.
@@ -440,7 +442,7 @@ def test_cancelled_notebook_leaves_no_kernel_behind(daemon: DaemonProcess) -> No
         [
             code("params = {}"),
             code(f"{LOGGER}\nenv.log_message('before the long cell')"),
-            code(f"{START_CHILD}\nimport time\ntime.sleep(600)"),
+            code(f"{START_CHILD}\n{HANG}"),
             code("print('never')"),
         ],
     )
@@ -491,7 +493,7 @@ def test_kernel_that_ignores_the_interrupt_is_killed_with_its_runner(
             code(
                 # Deaf to interrupts before the child exists: the test cancels once it sees it.
                 "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-                f"{START_CHILD}\ntime.sleep(600)"
+                f"{START_CHILD}\n{HANG}"
             ),
         ],
     )
@@ -519,7 +521,10 @@ def test_timed_out_notebook_fails_and_leaves_no_kernel_behind(daemon: DaemonProc
     add_notebook_task(
         daemon.config_dir,
         "NB-TIMEOUT",
-        [code("params = {}"), code("import time\ntime.sleep(600)")],
+        [
+            code("params = {}"),
+            code(HANG),
+        ],
         timeoutSeconds=TIMEOUT_S,
     )
     daemon.request(Op.RELOAD)
