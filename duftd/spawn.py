@@ -105,7 +105,7 @@ def process_environ(pid: int) -> bytes:
 def processes_with_env(entry: str) -> list[int]:
     """Pids of processes whose environment holds exactly ``entry`` (``NAME=value``).
 
-    Every process of a run inherits its token, even one that left the run's process
+    Every process of a run inherits its worker id, even one that left the run's process
     group (a Jupyter kernel starts its own session), so this finds them all.
     """
     needle = b"\0" + entry.encode() + b"\0"

@@ -29,8 +29,9 @@ from dte_tools import locate
 from dte_tools.wire import Op
 from duftd import connections
 from duftd.config import load_config
+from duftd.config.resolve import split_assignment
 from duftd.config.user_file import set_connection_values, user_config_path
-from duftd.errors import ConfigError, DuftError
+from duftd.errors import ConfigError, DuftError, ParameterError
 
 TEST_HELP = "connect to a data connection and run its test query (works without a daemon)"
 SET_HELP = "write a connection's values into user/config.json (no daemon needed)"
@@ -117,22 +118,12 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 # -- config set-connection ----------------------------------------------------------
 
 
-def _assignments(items: list[str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"{item!r} is not KEY=VALUE; write e.g. server=db.local")
-        values[key] = value
-    return values
-
-
 def cmd_set_connection(args: argparse.Namespace) -> int:
     try:
-        values = _assignments(args.assignments)
+        # Kept as text, as DUFT's settings page stores connection values.
+        values = dict(split_assignment(item, "server=db.local") for item in args.assignments)
         config = load_config(_config_root(args))
-    except (ValueError, ConfigError) as error:
+    except (ParameterError, ConfigError) as error:
         print(f"duft: {error}", file=sys.stderr)
         return 2
     declared = connections.declared_connections(config)

@@ -101,16 +101,19 @@ def parse_cli_value(text: str) -> Any:
         return text
 
 
+def split_assignment(item: str, example: str) -> tuple[str, str]:
+    """``"a=x y"`` -> ``("a", "x y")``; anything else is refused, naming it and ``example``."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ParameterError(f"{item!r} is not NAME=VALUE; write e.g. {example}")
+    return key, text
+
+
 def parse_cli_assignments(items: list[str]) -> dict[str, Any]:
     """``["a=1", "b=x y"]`` -> ``{"a": 1, "b": "x y"}``."""
-    result: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ParameterError(f"{item!r} is not NAME=VALUE; write e.g. sleep_time=0.5")
-        result[key] = parse_cli_value(text)
-    return result
+    pairs = (split_assignment(item, "sleep_time=0.5") for item in items)
+    return {key: parse_cli_value(text) for key, text in pairs}
 
 
 def resolve_connections(config: LoadedConfig, task: TaskSpec) -> dict[str, dict[str, Any]]:

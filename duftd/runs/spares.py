@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,6 @@ class SparePool:
         self.enabled = False
         if spare is None:
             return
-        spare.process.kill()
-        spawn.signal_group(spare.process.pid, signal.SIGKILL)
+        # The spare and any kernel it started carry its worker id.
         spawn.kill_marked(f"{ENV_WORKER_ID}={spare.worker_id}")
         await spawn.wait_exit(spare.process)

@@ -69,7 +69,8 @@ class RunSupervisor:
     async def start(self) -> int:
         """Start the worker; returns its pid (also its process group id)."""
         launch = self._launch
-        if launch.spare is not None and launch.assignment is not None:
+        if launch.spare is not None:
+            assert launch.assignment is not None  # a spare always comes with its run
             self.process = launch.spare.process
             try:
                 await launch.spare.assign(launch.assignment)
