@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import time
@@ -13,7 +12,7 @@ import zmq
 
 from bench.common import PYTHON, Row, RunWatcher, rss_mb, run_bare, timed
 from dte_tools.wire import Op
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, environment_without_duft
 
 REPS = 5
 # The pause before a submit in the "after idle" notebook rows.
@@ -22,9 +21,7 @@ QUEUE_SUBMITS = 1000
 
 
 def standalone_env(config: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUFT_")}
-    env.update(DUFT_CONFIG_DIR=str(config), DUFT_DATA_DIR=str(data))
-    return env
+    return environment_without_duft(DUFT_CONFIG_DIR=str(config), DUFT_DATA_DIR=str(data))
 
 
 def script_task(daemon: DaemonProcess) -> list[Row]:

@@ -28,6 +28,14 @@ FIXTURES_DIR = (REPO.parent / "shared" / "fixtures" / "duft-config-public").reso
 START_TIMEOUT_S = 20.0
 
 
+def environment_without_duft(**extra: str) -> dict[str, str]:
+    """This process's environment minus every DUFT_* variable (a test's own daemon or task
+    must not find the developer's), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUFT_")}
+    env.update(extra)
+    return env
+
+
 def wait_for(
     predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
 ) -> Any:
@@ -78,9 +86,9 @@ class DaemonProcess:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DUFT_")}
-        env.update(DUFT_STATE_DIR=str(self.state_dir), DUFT_DATA_DIR=str(self.data_dir))
-        return env
+        return environment_without_duft(
+            DUFT_STATE_DIR=str(self.state_dir), DUFT_DATA_DIR=str(self.data_dir)
+        )
 
     def start(self) -> DaemonProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)

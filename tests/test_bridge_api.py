@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import selectors
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import aiohttp
 import pytest
 
 from dte_tools import locate
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, environment_without_duft
 
 START_TIMEOUT_S = 15.0
 FINAL_STATES = {"succeeded", "failed", "cancelled", "lost"}
@@ -36,7 +35,7 @@ class BridgeProcess:
         self.url = ""
 
     def start(self) -> BridgeProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DUFT_")}
+        env = environment_without_duft()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dte_tools.wire import Op
-from tests.harness import REPO, DaemonProcess
+from tests.harness import REPO, DaemonProcess, environment_without_duft
 
 DUFT = REPO / ".venv" / "bin" / "duft"
 
@@ -20,8 +19,7 @@ def duft(
     state_dir: Path, *args: str, entry_point: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run ``duft ARGS`` for the daemon of ``state_dir``; bounded, never interactive."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUFT_")}
-    env["DUFT_STATE_DIR"] = str(state_dir)
+    env = environment_without_duft(DUFT_STATE_DIR=str(state_dir))
     command = [str(DUFT)] if entry_point else [sys.executable, "-m", "clients.cli.main"]
     return subprocess.run(
         [*command, *args],

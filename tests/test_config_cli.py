@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from dte_tools.wire import Op
-from tests.harness import FIXTURES_DIR, REPO, DaemonProcess
+from tests.harness import FIXTURES_DIR, REPO, DaemonProcess, environment_without_duft
 
 FIXTURE = FIXTURES_DIR
 OLD_PASSWORD = "mysecretword"  # ANA's password in the fixture
@@ -40,8 +40,7 @@ def user_file(config: Path) -> Path:
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUFT_")}
-    return {**env, "DUFT_STATE_DIR": str(tmp_path / "no-daemon")}
+    return environment_without_duft(DUFT_STATE_DIR=str(tmp_path / "no-daemon"))
 
 
 def set_connection(

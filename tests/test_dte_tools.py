@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import REPO
+from tests.harness import REPO, environment_without_duft
 
 
 def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DUFT_")}
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=cwd,
-        env={**clean, **env},
+        env=environment_without_duft(**env),
         capture_output=True,
         text=True,
         timeout=60,

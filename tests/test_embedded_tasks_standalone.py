@@ -7,7 +7,6 @@ the repository is never written; tasks run as real subprocesses on real SQLite f
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -20,6 +19,8 @@ from typing import Any
 
 import nbformat
 import pytest
+
+from tests.harness import environment_without_duft
 
 EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "duft-config"
 SECRET = "s3cret-pw-never-logged"
@@ -96,8 +97,7 @@ def sandbox(tmp_path: Path) -> Sandbox:
 
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DUFT_")}
-    env["DUFT_DATA_DIR"] = str(tmp_path / "data")
+    env = environment_without_duft(DUFT_DATA_DIR=str(tmp_path / "data"))
     return Sandbox(config, tmp_path / "data", cwd, env)
 
 
