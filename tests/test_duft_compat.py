@@ -308,15 +308,17 @@ def zip_of(folder: Path, target: Path, top: str) -> Path:
 
 
 @pytest.fixture
-def web_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local HTTP server (127.0.0.1, free port) serving a folder; yields (folder, URL)."""
+def served_repo(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A local HTTP server (127.0.0.1, free port) laid out as GitHub serves branch zips;
+    yields (the folder where ``<branch>.zip`` files go, the repository's URL)."""
     root = tmp_path / "web"
-    root.mkdir()
+    archives = root / "org" / "duft-config" / "archive" / "refs" / "heads"
+    archives.mkdir(parents=True)
     handler = partial(SimpleHTTPRequestHandler, directory=str(root))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    yield archives, f"http://127.0.0.1:{server.server_address[1]}/org/duft-config"
     server.shutdown()
     server.server_close()
 
@@ -353,20 +355,18 @@ def mark_user_values(config_dir: Path) -> str:
 def test_update_from_a_served_zip_swaps_the_config_and_the_daemon_reloads(
     config_dir: Path,
     daemon_factory: Callable[..., DaemonProcess],
-    web_root: tuple[Path, str],
+    served_repo: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
     """UPDATE downloads the branch zip over HTTP with progress, swaps duft-config keeping
     user/ and a backup, and duftd serves the new task list once the run has ended."""
-    folder, url = web_root
-    archives = folder / "org" / "duft-config" / "archive" / "refs" / "heads"
-    archives.mkdir(parents=True)
+    archives, url = served_repo
     zip_of(remote_config(tmp_path), archives / "main.zip", "duft-config-main")
     add_update_task(config_dir)
     user_text = mark_user_values(config_dir)
     daemon = daemon_factory(config_dir)
     assert "ADDED-BY-UPDATE" not in {t["id"] for t in daemon.request(Op.TASKS)["tasks"]}
-    params = update_params(f"{url}/org/duft-config", tmp_path / "downloads", "main")
+    params = update_params(url, tmp_path / "downloads", "main")
     events = succeeded(run_task(daemon, "UPDATE", **params))
     assert any(e["kind"] == "progress" and e["data"]["done"] > 0 for e in events)
     assert (config_dir / "user" / "config.json").read_text() == user_text
@@ -381,20 +381,18 @@ def test_update_from_a_served_zip_swaps_the_config_and_the_daemon_reloads(
 def test_a_broken_archive_leaves_everything_as_it_was(
     config_dir: Path,
     daemon_factory: Callable[..., DaemonProcess],
-    web_root: tuple[Path, str],
+    served_repo: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
     """A corrupt zip fails the run with a clear error; the config, its tasks and the
     folder beside it are unchanged (no backup, no staging folder left)."""
-    folder, url = web_root
-    archives = folder / "org" / "duft-config" / "archive" / "refs" / "heads"
-    archives.mkdir(parents=True)
+    archives, url = served_repo
     (archives / "broken.zip").write_bytes(b"PK\x03\x04 this is not really a zip")
     add_update_task(config_dir)
     tasks_text = (config_dir / "system" / "data_tasks.json").read_text()
     daemon = daemon_factory(config_dir)
     tasks_before = daemon.request(Op.TASKS)["tasks"]
-    params = update_params(f"{url}/org/duft-config", tmp_path / "downloads", "broken")
+    params = update_params(url, tmp_path / "downloads", "broken")
     events = run_task(daemon, "UPDATE", **params)
     assert final_state_event(events)["data"]["state"] == "failed"
     stderr = "".join(e["data"]["text"] for e in events if e["kind"] == "stderr")
