@@ -33,7 +33,7 @@ from duftd.protocol import (
     TaskArgs,
     TasksArgs,
 )
-from duftd.runs.manager import RunManager
+from duftd.runs.manager import LiveRun, RunManager
 from duftd.scheduler import Scheduler
 
 
@@ -80,7 +80,7 @@ class Commands:
         self._scheduler = scheduler
         self._strict_connections = strict_connections
         # Undeclared connections each live run was already warned about (once per run).
-        self._warned: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        self._warned: weakref.WeakKeyDictionary[LiveRun, set[str]] = weakref.WeakKeyDictionary()
 
     def handlers(self) -> dict[str, Handler]:
         table: dict[str, Callable[..., Any]] = {
