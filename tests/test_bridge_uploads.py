@@ -60,7 +60,8 @@ def test_posted_files_land_in_the_data_folder_and_are_never_overwritten(
 
 
 def test_a_wrong_password_gets_a_clear_error(bridge_url: str, tmp_path: Path) -> None:
-    """A wrong password is refused with 401, named as a credentials problem; nothing stored."""
+    """A wrong password (or an unknown user) is refused with 401, named as a credentials
+    problem without the password; nothing is stored."""
     report = tmp_path / "monthly.csv"
     report.write_text("x\n")
     with pytest.raises(UploadError) as refused:
@@ -68,6 +69,8 @@ def test_a_wrong_password_gets_a_clear_error(bridge_url: str, tmp_path: Path) ->
     message = str(refused.value)
     assert "refused the credentials of user 'facility-7' (HTTP 401" in message
     assert "not it" not in message
+    with pytest.raises(UploadError, match="refused the credentials of user 'nobody'"):
+        post_file_to_duft_server(bridge_url, "nobody", PASSWORD, report, "reports")
     assert not (tmp_path / "data" / "uploads").exists()
 
 
