@@ -12,7 +12,6 @@ import asyncio
 import fcntl
 import functools
 import gc
-import ipaddress
 import os
 import secrets
 import shutil
@@ -30,6 +29,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from dte_tools import locate
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve
+from duftd.addresses import is_loopback
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
 from duftd.config_reload import reload_if_replaced
@@ -64,15 +64,6 @@ class DaemonOptions:
     curve_dir: Path | None = None
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.spares)
     strict_connections: bool = False  # refuse connections a task does not declare
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Daemon:
