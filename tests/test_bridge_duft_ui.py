@@ -373,9 +373,10 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
     async with FakeDuftServer() as duft:
         bridge = bridge_factory(daemon.state_dir, "--upstream", duft.url)
         async with bridge.session() as client:
-            client.cookie_jar.update_cookies({"duft-bridge-x": "cookie-value"})
             async with client.post(
-                f"{bridge.url}/api/v2/run-query?page=2", json={"query": "SELECT 1"}
+                f"{bridge.url}/api/v2/run-query?page=2",
+                json={"query": "SELECT 1"},
+                headers={"Cookie": "sessionid=site-cookie"},
             ) as response:
                 assert response.status == 200 and response.headers["X-Duft"] == "1"
                 assert await response.json() == {"rows": [1, 2, 3]}
