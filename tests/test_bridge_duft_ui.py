@@ -33,13 +33,19 @@ DASHBOARD = "<Dashboard><Header>Home</Header></Dashboard>\n"
 
 def make_site(folder: Path) -> Path:
     """The published DUFT config, with the embedded sample task's files (so its SAMPLE and
-    SAMPLE-ERROR run), a gated task and one dashboard."""
+    SAMPLE-ERROR run), a gated task, one dashboard, and its schedule made yearly."""
     config = Path(shutil.copytree(FIXTURES_DIR, folder))
     tasks = config / "system" / "data_tasks"
     tasks.mkdir()
     for name in ("sample_task.py", "data_task_helpers.py"):
         shutil.copy(EMBEDDED_CONFIG / "system" / "data_tasks" / name, tasks / name)
     add_worker_task(config, "GATED", "gated", dataConnections=["ANA"])
+    # The published schedule fires SAMPLE every 30 s; once a year keeps it out of the tests.
+    user_file = config / "user" / "config.json"
+    user = json.loads(user_file.read_text(encoding="utf-8"))
+    yearly = {"second": "0", "minute": "0", "hour": "0", "day_of_month": "1", "month": "1"}
+    user["scheduledDataTasks"]["SAMPLE"]["schedule"]["cron"].update(yearly)
+    user_file.write_text(json.dumps(user, indent=2), encoding="utf-8")
     (config / "system" / "dashboards").mkdir()
     (config / "system" / "dashboards" / "home.3dl").write_text(DASHBOARD, encoding="utf-8")
     return config
