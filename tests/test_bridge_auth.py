@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from clients.bridge.auth import MAX_FAILURES
 from dte_tools.wire import Op
@@ -95,6 +99,66 @@ async def test_every_route_refuses_a_request_without_a_credential(
         status, config = await call(stranger, "GET", f"{bridge.url}/api/v2/get-current-config")
     assert status == 200 and config["currentUser"] is None
     assert config["currentUserPermissions"] == [] and config["directories"] == {}
+    assert daemon.request(Op.RUNS)["runs"] == []
+
+
+# What another local user runs: the system's Python, standard library only, no token.
+STRANGER_PROBE = """
+import json, sys, urllib.error, urllib.request
+codes = []
+for method, url in json.loads(sys.argv[1]):
+    data = b"{}" if method == "POST" else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            codes.append(response.status)
+    except urllib.error.HTTPError as error:
+        codes.append(error.code)
+print(json.dumps(codes))
+"""
+
+
+@pytest.fixture
+def stranger_uid() -> Iterator[int]:
+    """A fresh system user (removed at the end)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a second unix user needs root")
+    name = f"duftb{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"useradd refused to create a second user: {made.stderr.strip()}")
+    try:
+        yield pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+def test_another_local_user_gets_401_from_every_route(
+    daemon: DaemonProcess, bridge: BridgeProcess, stranger_uid: int
+) -> None:
+    """A second unix user on the machine, who never saw the printed URL, gets 401 from every route
+    (the SSE routes and POST /run-data-task included) and starts nothing."""
+    routes = [(method, f"{bridge.url}{path}") for method, path in PROTECTED]
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", STRANGER_PROBE, json.dumps(routes)],
+        user=stranger_uid,
+        group=pwd.getpwuid(stranger_uid).pw_gid,
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout) == [401] * len(PROTECTED)
     assert daemon.request(Op.RUNS)["runs"] == []
 
 
