@@ -45,6 +45,7 @@ ACCESS_LIFETIME_S = 5 * 60  # as DUFT's server (djangorestframework-simplejwt) d
 REFRESH_LIFETIME_S = 24 * 3600
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
+MAX_TRACKED_ADDRESSES = 4096
 OWNER = "owner"
 JWT_ALGORITHM = "HS256"
 # Reachable without a credential (anything outside these prefixes is a page or its files).
@@ -98,6 +99,9 @@ class FailedLogins:
             )
 
     def failed(self, address: str) -> None:
+        if len(self._failures) >= MAX_TRACKED_ADDRESSES:  # bounded memory: forget stale ones
+            for stale in list(self._failures):
+                self._recent(stale)
         times = self._recent(address)
         times.append(time.monotonic())
         self._failures[address] = times

@@ -17,6 +17,7 @@ part of the daemon's package the bridge uses, and only here.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,8 @@ from clients.bridge.accounts import CHANGE_SETTINGS
 from clients.bridge.auth import require
 from clients.bridge.duft_api import CONFIG_FILES
 from clients.bridge.web_io import HttpError, bus_of, json_body
+from dte_tools.redact import MASK, is_secret_key
 from dte_tools.wire import Op
-
-MASK = "********"
 
 
 def add_routes(routes: web.UrlDispatcher) -> None:
@@ -47,7 +47,7 @@ async def _loaded(request: web.Request) -> Any:
     if root is None:
         raise HttpError(503, "daemon_unavailable", "duftd is not reachable: its config is unknown")
     try:
-        return load_config(root)
+        return await asyncio.to_thread(load_config, root)
     except ConfigError as error:
         raise HttpError(500, "bad_config", str(error)) from None
 
@@ -63,8 +63,6 @@ def _spec(config: Any, connection_id: str) -> Any:
 
 
 def _secret(spec: Any, key: str) -> bool:
-    from duftd.connections import is_secret_key
-
     return key in spec.password_fields or is_secret_key(key)
 
 
