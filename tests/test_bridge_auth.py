@@ -313,3 +313,24 @@ async def test_user_logins_permissions_refresh_and_rate_limit(
             ui, "POST", f"{api}/token/", {"username": "bob", "password": PASSWORDS["bob"]}
         )
         assert status == 429 and body["code"] == "too_many_attempts"
+
+
+def test_users_command_refuses_bad_accounts_and_keeps_passwords_off_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """`duft users` refuses a short password, a bad name, an unknown permission and removing a
+    user that does not exist, each with a message naming it, and writes nothing then; without a
+    terminal it asks for --password-stdin rather than take a password as an argument."""
+    state = tmp_path / "state"
+    short = duft("users", "add", "carol", "--password-stdin", state_dir=state, stdin="short\n")
+    assert short.returncode == 2 and "at least 8 characters" in short.stderr
+    bad = duft("users", "add", "car ol", "--password-stdin", state_dir=state, stdin="long-enough\n")
+    assert bad.returncode == 2 and "'car ol'" in bad.stderr
+    unknown = duft("users", "add", "carol", "--permission", "admin", state_dir=state)
+    assert unknown.returncode == 2 and "admin" in unknown.stderr
+    no_terminal = duft("users", "add", "carol", state_dir=state)
+    assert no_terminal.returncode == 2 and "--password-stdin" in no_terminal.stderr
+    assert not (state / "users.json").exists()
+    missing = duft("users", "remove", "dave", state_dir=state)
+    assert missing.returncode == 2 and "no user 'dave'" in missing.stderr
+    assert duft("users", "list", state_dir=state).stdout.startswith("no accounts")

@@ -134,7 +134,8 @@ def _is_loopback(host: str) -> bool:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes ``{"error": {"code", "message"}}`` with its status."""
+    """Every failure becomes ``{"error": {"code", "message"}}`` with its status (on DUFT's
+    routes ``{"message", "code"}``, which DUFT's web UI shows)."""
     duft = duft_shaped(request.path)
     try:
         return await handler(request)
