@@ -11,6 +11,7 @@ Shape: ``{"users": {"<name>": {"hash": "$argon2id$...", "permissions": [...]}}}`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -30,9 +31,14 @@ USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 MIN_PASSWORD_LENGTH = 8
 
 _hasher = PasswordHasher()
-# Verified when the user does not exist, so that an unknown name costs as long as a
-# wrong password and the answer time does not tell which names exist.
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the user does not exist, so that an unknown name costs as long as a
+    wrong password and the answer time does not tell which names exist (made on first use:
+    hashing costs tens of milliseconds that `duft`'s other commands should not pay)."""
+    return _hasher.hash("not a password of anyone")
 
 
 class AccountError(ValueError):
@@ -144,7 +150,7 @@ def verify_password(state_dir: Path, name: str, password: str) -> Account | None
         entry = None
     stored = entry.get("hash") if isinstance(entry, dict) else None
     try:
-        _hasher.verify(stored if isinstance(stored, str) else _DUMMY_HASH, password)
+        _hasher.verify(stored if isinstance(stored, str) else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if not isinstance(stored, str):
