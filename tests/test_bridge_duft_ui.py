@@ -400,6 +400,7 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
         ("GET", "/api/v2/query-data/home"),
     ]
     assert json.loads(duft.seen[0]["body"]) == {"query": "SELECT 1"}
+    assert duft.seen[0]["headers"]["Content-Length"] == str(len(duft.seen[0]["body"]))
     for seen in duft.seen:
         names = {name.lower() for name in seen["headers"]}
         assert "authorization" not in names and "cookie" not in names

@@ -19,7 +19,8 @@ from clients.bridge.web_io import HttpError
 
 UPSTREAM = web.AppKey("upstream", "Upstream")
 # Not passed on: per-connection headers (RFC 9110 section 7.6.1), the bridge's own
-# credentials, and what aiohttp sets itself.
+# credentials, and Host (aiohttp sets it). Content-Length is kept, so a body of known size
+# streams through as such (a WSGI server such as DUFT's may not take chunked bodies).
 DROPPED_HEADERS = frozenset(
     {
         "connection",
@@ -33,7 +34,6 @@ DROPPED_HEADERS = frozenset(
         "host",
         "cookie",
         "authorization",
-        "content-length",
     }
 )
 CHUNK = 64 * 1024
