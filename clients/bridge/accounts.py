@@ -70,7 +70,7 @@ def _read(path: Path) -> dict[str, dict]:
 
 def _write(path: Path, users: dict[str, dict]) -> None:
     """Replace the file atomically; it is created 0600 and stays so."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state folder: owner only
     handle, temp_name = tempfile.mkstemp(prefix=".users.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as temp:

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -120,15 +121,25 @@ class Snapshot:
 
 
 async def _with_snapshot(bus: AsyncBus, feed: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The current state first, then the live feed."""
+    """The current state first, then the live feed, subscribed before the state is read so
+    that nothing happening in between is missed."""
     async with contextlib.aclosing(feed):
-        runs: list[dict[str, Any]] | None = []
+        pending = asyncio.ensure_future(anext(feed))
         try:
-            for state in sorted(ACTIVE_STATES):
-                runs += (await bus.request(Op.RUNS, state=state, limit=1000))["runs"]
-        except DaemonUnavailable:
-            runs = None  # the stream still opens; runs become known from their events
-        yield Snapshot(runs)
+            await asyncio.sleep(0)  # one loop step: the feed subscribes in its first step
+            runs: list[dict[str, Any]] | None = []
+            try:
+                for state in sorted(ACTIVE_STATES):
+                    runs += (await bus.request(Op.RUNS, state=state, limit=1000))["runs"]
+            except DaemonUnavailable:
+                runs = None  # the stream still opens; runs become known from their events
+            yield Snapshot(runs)
+            yield await pending
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
         async for item in feed:
             yield item
 
