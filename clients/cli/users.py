@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from clients.bridge import accounts
@@ -47,7 +48,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_list, standalone=True)
 
 
-def _state_dir(args: argparse.Namespace) -> Any:
+def _state_dir(args: argparse.Namespace) -> Path:
     return args.state_dir or locate.default_state_dir()
 
 
