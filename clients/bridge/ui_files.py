@@ -3,8 +3,8 @@
 A path that names a file inside ``DIR`` gets that file; any other page path gets
 ``DIR/index.html`` (the history-API fallback: the UI routes ``/dashboard/home`` itself).
 Paths under ``/api/`` and ``/sse/`` never fall back: an unknown one stays a 404. The
-policy allows what a React build needs (inline style attributes, images from anywhere
-over https) and still nothing but this origin for scripts and connections.
+policy allows what a React build needs (inline style attributes; images, fonts and style
+sheets over https) and still nothing but this origin for scripts and connections.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from clients.bridge.web_io import HttpError
 
 UI_DIR = web.AppKey("ui_dir", Path)
 UI_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: https:; font-src 'self' data:; connect-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline' https:; "
+    "img-src 'self' data: https:; font-src 'self' data: https:; connect-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
 )
 NEVER_FALLS_BACK = ("/api/", "/sse/", "/api", "/sse")
