@@ -51,6 +51,7 @@ PROTECTED = [
     ("GET", "/api/v2/data-connections/ANA/parameters"),
     ("POST", "/api/v2/data-connections/ANA/parameters"),
     ("POST", "/api/v2/run-query"),
+    ("POST", "/api/v2/uploads"),  # checks HTTP Basic of an account itself
 ]
 DUFT_ROUTES = ("/api/v2/", "/run-data-task", "/sse/")
 
@@ -88,7 +89,7 @@ async def test_every_route_refuses_a_request_without_a_credential(
             status, body = await call(stranger, method, f"{bridge.url}{path}")
             assert status == 401, (method, path, body)
             if path.startswith(DUFT_ROUTES):
-                assert body["code"] == "unauthorized" and "token" in body["message"], path
+                assert body["code"] == "unauthorized" and body["message"], path
             else:
                 assert body["error"]["code"] == "unauthorized", path
             wrong = {"Authorization": "token not-the-token"}

@@ -50,7 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
-from clients.bridge import connections_api, duft_api, legacy, login, ui_files, upstream
+from clients.bridge import connections_api, duft_api, legacy, login, ui_files, uploads, upstream
 from clients.bridge.accounts import RUN_DATA_TASK
 from clients.bridge.async_bus import AsyncBus, DaemonRefused, DaemonUnavailable
 from clients.bridge.auth import CREDENTIALS, Credentials, auth_middleware, login_url, require
@@ -183,7 +183,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     if request.method == "POST":
         if origin is not None and not policy.origin_allowed(request, origin):
             raise HttpError(403, "forbidden_origin", f"origin {origin!r} may not post here")
-        if request.content_type != "application/json":
+        if request.content_type != "application/json" and not uploads.is_upload(request):
             raise HttpError(
                 415,
                 "unsupported_media_type",
@@ -341,6 +341,7 @@ def create_app(
     duft_api.add_routes(app)
     connections_api.add_routes(routes)
     login.add_routes(routes)
+    uploads.register(app)
     upstream.add_routes(app, upstream_url)  # after every other /api/v2/ route
     if ui_dir is not None:
         ui_files.add_routes(app, ui_dir)  # last: it takes every other GET

@@ -15,7 +15,8 @@ Every request that reads runs, starts, cancels or changes anything needs one of:
 
 Public without a credential: the pages (the bridge's own or a ``--ui`` build),
 ``get-current-config`` (DUFT's UI reads it to learn that it must log in) and the two
-token endpoints. ``--no-auth`` turns all of this off for a single-user desktop.
+token endpoints. ``POST /api/v2/uploads`` checks HTTP Basic credentials of an account
+itself. ``--no-auth`` turns all of this off for a single-user desktop.
 
 Wrong tokens and passwords count as failed logins per client address; past
 ``MAX_FAILURES`` within ``FAILURE_WINDOW_S`` the address gets 429 until the window has
@@ -40,6 +41,7 @@ from aiohttp import web
 
 from clients.bridge import accounts
 from clients.bridge.web_io import HttpError
+from dte_tools.upload import UPLOAD_PATH
 
 ACCESS_LIFETIME_S = 5 * 60  # as DUFT's server (djangorestframework-simplejwt) defaults
 REFRESH_LIFETIME_S = 24 * 3600
@@ -54,6 +56,9 @@ PUBLIC_PATHS = frozenset(
     {"/api/v2/get-current-config", "/api/v2/token/", "/api/v2/token/refresh/"}
     | {"/api/v2/get-current-config/", "/api/v2/token", "/api/v2/token/refresh"}
 )
+# Routes that check their own credentials: uploads take HTTP Basic of an account
+# (clients.bridge.uploads), as DUFT's post_file_to_duft_server sends them.
+SELF_AUTHENTICATED = frozenset({UPLOAD_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -244,6 +249,8 @@ def protected(path: str) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Identify the caller; refuse protected paths without a credential; take ``?token=``."""
     credentials = request.app[CREDENTIALS]
+    if request.path in SELF_AUTHENTICATED:
+        return await handler(request)
     if not credentials.enabled:
         request[IDENTITY] = OWNER_IDENTITY
         return await handler(request)
