@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from dte_tools.wire import Op
 from tests import test_bridge_api as shared
 from tests.harness import (
     EMBEDDED_CONFIG,
@@ -429,3 +430,20 @@ async def test_ui_folder_is_served_with_history_fallback(
             assert response.status == 404
         async with client.get(f"{bridge.url}/%2e%2e/%2e%2e/etc/passwd") as response:
             assert await response.text() == index  # never a file outside the folder
+
+
+async def test_embedded_config_gives_duft_ui_a_sidebar_of_runnable_tasks(
+    daemon: DaemonProcess, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    """On the embedded duft-config the UI gets its own settings, a theme, and a sidebar whose data
+    tasks all exist and can run."""
+    bridge = bridge_factory(daemon.state_dir)
+    async with bridge.session() as client:
+        _, config = await get(client, f"{bridge.url}/api/v2/get-current-config")
+        _, navigation = await get(client, f"{bridge.url}/api/v2/navigation")
+        _, theme = await get(client, f"{bridge.url}/api/v2/theme")
+    assert config["settings"]["appName"] == "DUFT"
+    assert theme["themes"][0]["name"] == "default"
+    listed = [item["task"] for item in navigation["system"]["dataTasks"]["items"]]
+    runnable = {task["id"] for task in daemon.request(Op.TASKS)["tasks"] if task["runnable"]}
+    assert listed and set(listed) <= runnable
