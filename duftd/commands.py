@@ -75,6 +75,7 @@ class Commands:
         self._ingest = ingest
         self._started_at = started_at
         self._scheduler = scheduler
+        self._reloading = asyncio.Lock()  # one at a time: a slower, older read never wins
 
     def handlers(self) -> dict[str, Handler]:
         table: dict[str, Callable[..., Any]] = {
@@ -165,10 +166,13 @@ class Commands:
 
     async def reload(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {config, tasks, runnable, errors, warnings}; live runs keep their spec."""
-        config = load_config(self._manager.config.root)
-        self._manager.reload(config)
-        if self._scheduler is not None:
-            self._scheduler.reload(config)
+        async with self._reloading:
+            # A large config takes a second of CPU to load: in a thread, so control keeps
+            # answering. The swap below has no await, so a submit sees one config whole.
+            config = await asyncio.to_thread(load_config, self._manager.config.root)
+            self._manager.reload(config)
+            if self._scheduler is not None:
+                self._scheduler.reload(config)
         severities = [d.severity for d in config.diagnostics]
         return {
             "config": str(config.root),
