@@ -41,26 +41,46 @@ async def test_a_version_one_store_is_migrated_in_place(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_a_version_two_store_gains_the_history_indexes(tmp_path: Path) -> None:
-    """A store of the schema before the history indexes keeps its runs and events and
-    answers its queries through the new indexes after the migration."""
+def _counted(path: Path) -> dict[str, int]:
+    """Runs per state, counted the slow way."""
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall())
+
+
+async def test_a_version_two_store_gains_the_history_indexes_and_run_counts(
+    tmp_path: Path,
+) -> None:
+    """A store of the schema before the history indexes keeps its runs and events, answers
+    its queries through the new indexes, and its kept counts per state match a count
+    after the migration, after inserts, state changes and retention."""
     path = tmp_path / "runs.sqlite"
     with sqlite3.connect(path) as db:
         db.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
-        db.execute(
-            "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, created_at) "
-            "VALUES ('OLD', 'failed', 'cli', '{}', '{}', '{}', 1.0)"
-        )
+        for state in ("failed", "succeeded", "succeeded", "running"):
+            db.execute(
+                "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, "
+                "created_at) VALUES ('OLD', ?, 'cli', '{}', '{}', '{}', 1.0)",
+                (state,),
+            )
         db.execute("INSERT INTO events VALUES (1, 1, 1.0, 'log', '{\"message\": \"kept\"}')")
     store = await Store.open(path)
     try:
         (run,) = await store.list_runs(task_id="OLD", state="failed")
         assert run["id"] == 1
         assert (await store.events_after(1, 0, 10))[0]["data"] == {"message": "kept"}
+        assert await store.counts_by_state() == _counted(path)
+        assert _counted(path) == {"failed": 1, "succeeded": 2, "running": 1}
+        new = (await store.create_run("NEW", "test", {}, {}, {}))["id"]
+        await store.update_run(4, state="lost", ended_at=2.0)
+        await store.update_run(new, state="running")
+        await store.update_run(new, state="running")  # unchanged: counted once
+        assert await store.counts_by_state() == _counted(path)
+        await store.prune(older_than=10.0, keep_per_task=None)
+        assert await store.counts_by_state() == _counted(path) == {"running": 1}
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT id FROM runs WHERE task_id = 'OLD' AND state = 'failed'"
         ).fetchall()
