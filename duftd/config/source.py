@@ -47,17 +47,21 @@ def keep_extra(model: Any, raw: dict[str, Any], known: set[str]) -> None:
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a config is built.
+    """Pause the cyclic garbage collector while a config is built, then freeze what it built.
 
     Loading makes a large tree of new objects, and the collector would walk it again and
     again as it grows: a third of a 5,000-task load, each pass holding the GIL that the
-    daemon's control loop waits for. Reference counting still frees what is dropped.
+    daemon's control loop waits for. A config lives until the next reload, so it is moved
+    out of the collector's reach afterwards (as the daemon does with everything loaded at
+    start-up); else the first collection would walk all of it at once. Reference counting
+    still frees what is dropped.
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if was_enabled:
             gc.enable()
 
