@@ -142,7 +142,7 @@ def _store_figures(
             "runs, newest 50": (Op.RUNS, {}),
             "runs of one task": (Op.RUNS, {"task": "HIST-007"}),
             "runs in one state": (Op.RUNS, {"state": "failed"}),
-            "runs of one task in one state": (Op.RUNS, {"task": "HIST-000", "state": "failed"}),
+            "runs of one task in one state": (Op.RUNS, {"task": "HIST-007", "state": "succeeded"}),
             "events of one run": (Op.EVENTS, {"run": run_id, "limit": 1000}),
             "health (counts runs by state)": (Op.HEALTH, {}),
         }
