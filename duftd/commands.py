@@ -16,8 +16,14 @@ from typing import Any
 from dte_tools import locate
 from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Kind, Op
 from duftd import __version__, connections
-from duftd.config import LoadedConfig, TaskSpec, resolve_connection, strict_connections
-from duftd.config_reload import reload_config
+from duftd.config import (
+    LoadedConfig,
+    TaskSpec,
+    load_config,
+    resolve_connection,
+    strict_connections,
+)
+from duftd.config_reload import use_config
 from duftd.control import Caller, Handler
 from duftd.errors import UnauthorizedError
 from duftd.ingest import Ingest
@@ -81,6 +87,7 @@ class Commands:
         self._strict_connections = strict_connections
         # Undeclared connections each live run was already warned about (once per run).
         self._warned: weakref.WeakKeyDictionary[LiveRun, set[str]] = weakref.WeakKeyDictionary()
+        self._reloading = asyncio.Lock()  # one at a time: a slower, older read never wins
 
     def handlers(self) -> dict[str, Handler]:
         table: dict[str, Callable[..., Any]] = {
@@ -171,7 +178,15 @@ class Commands:
 
     async def reload(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {config, tasks, runnable, errors, warnings}; live runs keep their spec."""
-        config = reload_config(self._manager, self._scheduler)
+        async with self._reloading:
+            before = self._manager.config
+            # A large config takes a second of CPU to load: in a thread, so control keeps
+            # answering. use_config swaps it in without an await: a submit sees one whole.
+            loaded = await asyncio.to_thread(load_config, before.root)
+            # Unless a run replaced the folder and reloaded it meanwhile (that one is newer).
+            if self._manager.config is before:
+                use_config(self._manager, self._scheduler, loaded)
+            config = self._manager.config
         severities = [d.severity for d in config.diagnostics]
         return {
             "config": str(config.root),

@@ -22,7 +22,13 @@ log = structlog.get_logger("duftd.config")
 
 def reload_config(manager: RunManager, scheduler: Scheduler | None) -> LoadedConfig:
     """Load the config folder again; new runs and schedules use it, live runs keep theirs."""
-    config = load_config(manager.config.root)
+    return use_config(manager, scheduler, load_config(manager.config.root))
+
+
+def use_config(
+    manager: RunManager, scheduler: Scheduler | None, config: LoadedConfig
+) -> LoadedConfig:
+    """Swap ``config`` in for new runs and schedules, in one step (no await)."""
     manager.reload(config)
     if scheduler is not None:
         scheduler.reload(config)

@@ -266,11 +266,16 @@ class Daemon:
             except Exception:
                 log.exception("pruning old runs failed")
                 pruned = []
-            for run_id in pruned:  # executed notebooks and other per-run files go with the run
-                shutil.rmtree(options.state_dir / "runs" / str(run_id), ignore_errors=True)
+            # Executed notebooks and other per-run files go with the run (in a thread: a
+            # first pass over years of history may remove thousands of folders).
+            await asyncio.to_thread(self._remove_run_dirs, pruned)
             if pruned:
                 log.info("pruned old runs", runs=len(pruned))
             await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    def _remove_run_dirs(self, run_ids: list[int]) -> None:
+        for run_id in run_ids:
+            shutil.rmtree(self.options.state_dir / "runs" / str(run_id), ignore_errors=True)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or a core loop dies (which is logged)."""

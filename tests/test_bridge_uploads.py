@@ -4,7 +4,6 @@ folder by kind, never overwritten, refused without the right credentials or past
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from clients.bridge import uploads
+from clients.bridge import accounts, uploads
 from clients.bridge.app import create_app
 from dte_tools import post_file_to_duft_server
 from dte_tools.upload import UploadError
@@ -22,20 +21,19 @@ from tests.harness import environment_without_duft
 PASSWORD = "correct horse battery"
 
 
-def write_uploaders(state_dir: Path) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    accounts = {"facility-7": uploads.hash_password(PASSWORD)}
-    (state_dir / uploads.UPLOADERS_FILE).write_text(json.dumps(accounts))
+def add_uploader(state_dir: Path) -> None:
+    """One account of the bridge (as `duft users add` makes it), with no permissions."""
+    accounts.add_account(state_dir, "facility-7", PASSWORD, set())
 
 
 @pytest.fixture
 def bridge_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A duft-bridge process with one uploader account and its own data folder."""
     state_dir = tmp_path / "state"
-    write_uploaders(state_dir)
+    add_uploader(state_dir)
     env = environment_without_duft(DUFT_DATA_DIR=str(tmp_path / "data"))
     monkeypatch.setattr(test_bridge_api, "environment_without_duft", lambda: env)
-    bridge = test_bridge_api.BridgeProcess(state_dir, tmp_path / "bridge.log").start()
+    bridge = test_bridge_api.BridgeProcess(state_dir, tmp_path / "bridge.log", []).start()
     yield bridge.url
     assert bridge.stop() == 0, bridge.log_text()
 
@@ -85,7 +83,7 @@ def test_an_unreachable_server_is_a_clear_error_within_the_timeout(tmp_path: Pat
 async def test_an_upload_past_the_limit_is_refused_and_not_kept(tmp_path: Path) -> None:
     """Over the size limit: 413 and no partial file (the bridge app on a real socket)."""
     state_dir = tmp_path / "state"
-    write_uploaders(state_dir)
+    add_uploader(state_dir)
     app = create_app(state_dir)
     app[uploads.SETTINGS] = replace(
         app[uploads.SETTINGS], data_dir=tmp_path / "data", max_bytes=1000

@@ -6,9 +6,10 @@ authenticated with HTTP Basic. The file is streamed to
 overwrite) and refused past :data:`MAX_UPLOAD_BYTES`. Reply ``201 {kind, name, path,
 bytes}``, ``path`` relative to the data folder.
 
-Who may upload is one function, ``check_credentials(username, password) -> bool``. Until
-the bridge's accounts (``duft users add``) are wired in, it checks
-``<state dir>/uploaders.json``: ``{"<name>": "<hash_password(...)>"}`` (scrypt, salted).
+Any account of ``duft users add`` may upload (the bridge's one account store,
+:mod:`clients.bridge.accounts`); a wrong password counts as a failed login of the client's
+address, as on DUFT's login (:mod:`clients.bridge.auth`). The route authenticates itself:
+the bridge's credential check lets it through.
 """
 
 from __future__ import annotations
@@ -16,72 +17,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
-import hmac
-import json
 import re
-import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 
+from clients.bridge import accounts
+from clients.bridge.auth import CREDENTIALS, client_address
 from clients.bridge.web_io import HttpError
 from dte_tools import locate
 from dte_tools.upload import UPLOAD_PATH
 
-CredentialCheck = Callable[[str, str], bool]
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
-UPLOADERS_FILE = "uploaders.json"
 KIND_FIELD_BYTES = 128
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-_UNKNOWN = "scrypt$" + "00" * 16 + "$"
 
 
 @dataclass(frozen=True)
 class UploadSettings:
     data_dir: Path
-    check_credentials: CredentialCheck
     max_bytes: int = MAX_UPLOAD_BYTES
 
 
 SETTINGS = web.AppKey("uploads", UploadSettings)
 
 
-def hash_password(password: str) -> str:
-    """A salted scrypt hash for ``uploaders.json``."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, **SCRYPT)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def uploaders_file_check(state_dir: Path | None) -> CredentialCheck:
-    """Credentials checked against ``<state dir>/uploaders.json`` (read at each upload)."""
-    path = (state_dir or locate.default_state_dir()) / UPLOADERS_FILE
-
-    def check(username: str, password: str) -> bool:
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8")).get(username)
-        except (OSError, ValueError, AttributeError):
-            stored = None
-        # An unknown name costs a hash too, so answer times do not tell which names exist.
-        record = stored if isinstance(stored, str) else _UNKNOWN
-        try:
-            _, salt, digest = record.split("$")
-            given = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), **SCRYPT)
-        except ValueError:
-            return False
-        return record is not _UNKNOWN and hmac.compare_digest(given.hex(), digest)
-
-    return check
-
-
-def register(app: web.Application, state_dir: Path | None) -> None:
+def register(app: web.Application) -> None:
     """Add the upload route; uploads land in the data folder duftd uses by default."""
-    data_dir = locate.data_dir(locate.default_config_dir())
-    app[SETTINGS] = UploadSettings(data_dir, uploaders_file_check(state_dir))
+    app[SETTINGS] = UploadSettings(locate.data_dir(locate.default_config_dir()))
     app.router.add_post(UPLOAD_PATH, receive_upload)
 
 
@@ -92,7 +56,7 @@ def is_upload(request: web.Request) -> bool:
 
 async def receive_upload(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    username = await _authenticate(request, settings.check_credentials)
+    username = await _authenticate(request)
     reader = await request.multipart()
     kind_part = await reader.next()
     if not isinstance(kind_part, BodyPartReader) or kind_part.name != "kind":
@@ -129,7 +93,8 @@ async def receive_upload(request: web.Request) -> web.Response:
     )
 
 
-async def _authenticate(request: web.Request, check: CredentialCheck) -> str:
+async def _authenticate(request: web.Request) -> str:
+    """The uploader's name, if HTTP Basic names an account with its password."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     try:
         username, sep, password = base64.b64decode(token, validate=True).decode().partition(":")
@@ -137,8 +102,16 @@ async def _authenticate(request: web.Request, check: CredentialCheck) -> str:
         sep = ""
     if scheme.lower() != "basic" or not sep:
         raise HttpError(401, "unauthorized", "send HTTP Basic credentials of an uploader")
-    if not await asyncio.to_thread(check, username, password):  # a slow hash: off the loop
+    credentials = request.app[CREDENTIALS]
+    address = client_address(request)
+    credentials.failures.check(address)
+    account = await asyncio.to_thread(  # a slow hash: off the loop
+        accounts.verify_password, credentials.state_dir, username, password
+    )
+    if account is None:
+        credentials.failures.failed(address)
         raise HttpError(401, "unauthorized", f"wrong username or password for {username!r}")
+    credentials.failures.succeeded(address)
     return username
 
 
