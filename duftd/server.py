@@ -124,7 +124,6 @@ class Daemon:
             spares=options.spares,
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
-        self.manager.ingest = ingest
         scheduler = Scheduler(self.manager, config)
         commands = Commands(self.manager, ingest, self.started_at, scheduler)
         control = ControlServer(
@@ -263,9 +262,12 @@ class Daemon:
             older = None
             if options.retention_days is not None:
                 older = time.time() - options.retention_days * 86400
-            assert self.store is not None
+            assert self.store is not None and self.pipeline is not None
             try:
-                pruned = await self.store.prune(older, options.retention_runs)
+                pruned = await self.pipeline.write(
+                    lambda older=older: self.store.prune(older, options.retention_runs),
+                    retry=False,
+                )
             except Exception:
                 log.exception("pruning old runs failed")
                 pruned = []

@@ -6,6 +6,7 @@ This is the only module that speaks SQL. The schema is versioned with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -53,11 +54,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN output TEXT;
     ALTER TABLE runs ADD COLUMN worker_id TEXT;
     """,
+    # 3: how many of a run's events could not be stored (the reason says why).
+    """
+    ALTER TABLE runs ADD COLUMN events_lost INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 RUN_COLUMNS = (
     "id, task_id, state, requested_by, params, ignored, created_at, started_at, ended_at, "
-    "exit_code, reason, error_count, warning_count, pid, output, worker_id"
+    "exit_code, reason, error_count, warning_count, pid, output, worker_id, events_lost"
 )
 UPDATABLE = frozenset(
     {
@@ -71,6 +76,7 @@ UPDATABLE = frozenset(
         "pid",
         "output",
         "worker_id",
+        "events_lost",
     }
 )
 EventRow = tuple[int, int, float, str, str]
@@ -140,12 +146,11 @@ class Store:
     ) -> dict[str, Any]:
         """Insert a queued run and return it as a dict."""
         now = time.time()
-        cursor = await self._db.execute(
+        cursor = await self._commit(
             "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, created_at) "
             "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
             (task_id, requested_by, json.dumps(params), json.dumps(ignored), json.dumps(spec), now),
         )
-        await self._db.commit()
         # Read back on the writing connection: the reader may hold an older snapshot.
         run = await self._fetch_run(self._db, cursor.lastrowid or 0)
         assert run is not None
@@ -156,10 +161,24 @@ class Store:
         if unknown:
             raise ValueError(f"cannot update run columns {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self._db.execute(
+        await self._commit(
             f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id)
         )
-        await self._db.commit()
+
+    async def _commit(self, sql: str, args: Sequence[Any], many: bool = False) -> Any:
+        """One statement in its own transaction, rolled back if it fails (a full disk), so
+        the next write starts clean. Only the pipeline's writer task calls the writers."""
+        try:
+            if many:
+                cursor = await self._db.executemany(sql, args)
+            else:
+                cursor = await self._db.execute(sql, args)
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            raise
+        return cursor
 
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
         return await self._fetch_run(self._read, run_id)
@@ -202,10 +221,11 @@ class Store:
 
     async def insert_events(self, rows: Sequence[EventRow]) -> None:
         """Store a batch of ``(run_id, seq, ts, kind, data_json)`` rows in one commit."""
-        await self._db.executemany(
-            "INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)", rows
+        await self._commit(
+            "INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+            rows,
+            many=True,
         )
-        await self._db.commit()
 
     async def events_after(self, run_id: int, after: int, limit: int) -> list[dict[str, Any]]:
         async with self._read.execute(

@@ -1,0 +1,100 @@
+"""The work of one run: its live record, its job document, its folder and its tidy-up.
+
+The run manager decides when a run starts and records its states; what the run itself
+needs (the job its worker is given, where a notebook's executed copy goes, what is
+removed or masked afterwards) lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dte_tools import wire
+from dte_tools.job import Job
+from dte_tools.wire import State
+from duftd.config import LoadedConfig, TaskSpec
+from duftd.ingest import RunLink
+from duftd.runs.supervisor import RunSupervisor
+
+
+@dataclass(frozen=True)
+class WorkerEndpoints:
+    """Where workers reach the daemon, and the folders runs use."""
+
+    control: str
+    ingest: str
+    data_dir: Path
+    runs_dir: Path  # per-run folders: executed notebooks, executeFromRoot copies
+
+
+@dataclass(eq=False)
+class LiveRun:
+    """A run that is queued, starting or running, with the spec it was submitted with."""
+
+    id: int
+    task: TaskSpec
+    # The config as it was at submit (a reload does not change a live run); kept out of
+    # repr because it holds the user's connection values.
+    config: LoadedConfig = field(repr=False)
+    params: dict[str, Any]
+    link: RunLink
+    folder: Path  # the run's own folder in the state folder
+    state: str = State.QUEUED
+    supervisor: RunSupervisor | None = None
+    cancel_reason: str | None = None
+    worker_id: str = ""  # in the environment of every process of the run
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def output_path(self) -> Path | None:
+        """Where a notebook run's executed copy is written (None for scripts)."""
+        if self.task.kind != "notebook":
+            return None
+        return self.folder / self.task.script_path.name
+
+    def job(self, endpoints: WorkerEndpoints) -> Job:
+        """The run's job document: the one place a worker's run is described."""
+        task = self.task
+        env = {
+            wire.ENV_RUN_ID: str(self.id),
+            wire.ENV_RUN_TOKEN: self.link.token.decode(),
+            wire.ENV_CONTROL: endpoints.control,
+            wire.ENV_INGEST: endpoints.ingest,
+            wire.ENV_CONFIG_DIR: str(self.config.root),
+        }
+        script, cwd = task.script_path, task.data_tasks_dir
+        if task.execute_from_root:
+            # The task may replace duft-config itself: run a copy from the folder above it,
+            # with the task's own folder still importable.
+            copy_dir = self.folder / "root-copy"
+            copy_dir.mkdir(parents=True, exist_ok=True)
+            script = Path(shutil.copy2(task.script_path, copy_dir / task.script_path.name))
+            cwd = self.config.root.parent
+            env["PYTHONPATH"] = str(task.data_tasks_dir)
+        if task.kind == "notebook":
+            argv = [str(script), str(self.output_path)]
+        else:
+            # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
+            argv = [str(script), json.dumps(self.params)]
+        return Job(argv, str(cwd), env)
+
+    def tidy(self) -> None:
+        """Drop an executeFromRoot copy; mask secrets in the executed notebook kept for the user."""
+        shutil.rmtree(self.folder / "root-copy", ignore_errors=True)
+        output = self.output_path
+        if output is not None:
+            mask_notebook(output, self.link.channel.redact)
+
+
+def mask_notebook(path: Path, redact: Any) -> None:
+    """Mask secrets in an executed notebook on disk (``redact`` maps text to masked text)."""
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        masked = redact(text)
+        if masked != text:
+            path.write_text(masked, encoding="utf-8")
