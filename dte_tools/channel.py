@@ -117,7 +117,8 @@ class ChannelStream(io.TextIOBase):
     def write(self, text: str) -> int:
         with self._lock:
             if "\n" not in text:
-                self._partial.append(text)
+                if text:
+                    self._partial.append(text)
                 if sum(map(len, self._partial)) > LINE_PIECE_CHARS:
                     self._send("".join(self._partial))
                     self._partial.clear()
