@@ -258,3 +258,27 @@ def test_a_full_state_folder_is_survived(
     run = daemon.request(Op.RUN, run=hanging)["run"]
     assert run["state"] in ("cancelled", "lost") and run["reason"], run
     assert daemon.request(Op.RUNS, state="running")["runs"] == []
+
+
+def test_a_record_that_cannot_be_used_is_counted_as_lost_never_silently(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """Garbage written into a worker's channel costs only that record: the lines around it
+    are stored, and the run records the loss (``events_lost``, a notice, its reason)."""
+    code = (
+        "import os\nfrom dte_tools import channel, initialise_data_task\n"
+        "environment = initialise_data_task('garbage')\n"
+        "environment.log_message('before')\n"
+        "os.write(channel.current()._fd, b'this is not a record\\n')\n"
+        "environment.log_message('after')\n"
+    )
+    add_script_task(config_dir, "GARBAGE", code)
+    daemon = daemon_factory(config_dir)
+    run = daemon.wait_final(daemon.submit("GARBAGE")["run"]["id"])
+    events = daemon.events(run["id"])
+    assert log_messages(events) == ["before", "after"]
+    assert run["state"] == "succeeded" and run["events_lost"] == 1, run
+    assert "1 event(s) of this run could not be stored (1 corrupt)" in run["reason"]
+    notices = [e["data"] for e in events if e["kind"] == Kind.NOTICE]
+    assert notices == [{"message": run["reason"], "events_lost": 1}]
+    assert final_state_event(events)["data"]["events_lost"] == 1

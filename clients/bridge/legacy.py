@@ -119,6 +119,8 @@ class DteFrames:
         if state == State.SUCCEEDED:
             errors = int(data.get("error_count") or 0)
             outcome = f"finished with {errors} error(s)" if errors else "completed"
+            if data.get("events_lost"):
+                outcome += f", {data['events_lost']} event(s) lost"
             return [self._frame(f"{task}: {outcome} (run {run_id})", "script_complete")]
         reason = f": {data['reason']}" if data.get("reason") else ""
         return [self._frame(f"{task}: {state} (run {run_id}){reason}", "scriptError")]
