@@ -37,20 +37,32 @@ MAX_FIELD_CHARS = MAX_RECORD_BYTES // 8
 LINE_PIECE_CHARS = 64 * 1024
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_string = json.encoder.encode_basestring_ascii
 
 
 def encode_record(kind: str, data: dict[str, Any]) -> bytes:
-    """One framed record; an over-long text field is cut to its head and a note."""
-    record = _ENCODER.encode([kind, time.time(), data]).encode() + b"\n"
+    """One framed record; an over-long text field is cut to its head and a note.
+
+    ``kind`` is one of :class:`Kind`'s names (no character JSON would escape), so only the
+    data goes through the encoder: the record is built about twice as fast."""
+    record = f'["{kind}",{time.time()!r},{_encode(data)}]\n'.encode()
     if len(record) <= MAX_RECORD_BYTES:
         return record
     cut = {key: cut_field(value) for key, value in data.items()}
-    record = _ENCODER.encode([kind, time.time(), cut]).encode() + b"\n"
+    record = f'["{kind}",{time.time()!r},{_ENCODER.encode(cut)}]\n'.encode()
     if len(record) <= MAX_RECORD_BYTES:
         return record
     # Large non-text data: say so rather than send what duftd would refuse.
     note = {"message": f"a {kind} event of {len(record)} bytes was too large to send"}
-    return _ENCODER.encode([Kind.NOTICE, time.time(), note]).encode() + b"\n"
+    return f'["{Kind.NOTICE}",{time.time()!r},{_ENCODER.encode(note)}]\n'.encode()
+
+
+def _encode(data: dict[str, Any]) -> str:
+    """JSON of an event's data; all-text data (log lines, output) without the encoder's
+    per-call cost, which dominated a task's log call."""
+    if all(type(value) is str for value in data.values()):
+        return "{" + ",".join(f"{_string(k)}:{_string(v)}" for k, v in data.items()) + "}"
+    return _ENCODER.encode(data)
 
 
 def cut_field(value: Any) -> Any:

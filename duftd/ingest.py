@@ -48,6 +48,8 @@ WORKER_KINDS = frozenset(
 READ_CHUNK = 256 * 1024
 # Longest stdout/stderr line kept whole; a longer one arrives in pieces.
 LINE_LIMIT = 64 * 1024
+# How long a reader waits after a short read, so records arrive in batches.
+COALESCE_S = 0.001
 # Once every process of a run is gone, a pipe still open and silent this long is held by a
 # process that escaped every kill: reading stops, and the run records it.
 ABANDON_IDLE_S = 5.0
@@ -186,75 +188,76 @@ class RunInput:
     def __init__(self, pipeline: EventPipeline, link: RunLink) -> None:
         self._pipeline = pipeline
         self._link = link
-        self._transports: list[asyncio.ReadTransport] = []
         self._readers: list[asyncio.Task[None]] = []
-        self._progress = 0  # chunks read so far: tells a silent pipe from a busy one
+        self._progress = 0  # reads so far: tells a silent pipe from a busy one
 
-    async def start(self, stdout: int, stderr: int, channels: list[int]) -> None:
-        """Read the given pipes (their reading ends; closed when done)."""
+    def start(self, stdout: int, stderr: int, channels: list[int]) -> None:
+        """Read the given pipes (their reading ends; each is closed at its end)."""
         pipes = [(stdout, self._text(Kind.STDOUT)), (stderr, self._text(Kind.STDERR))]
         pipes += [(fd, self._records) for fd in channels]
-        loop = asyncio.get_running_loop()
         for fd, handle in pipes:
-            reader = asyncio.StreamReader(limit=READ_CHUNK)
-            transport, _ = await loop.connect_read_pipe(
-                lambda reader=reader: asyncio.StreamReaderProtocol(reader),
-                os.fdopen(fd, "rb", buffering=0),
-            )
-            self._transports.append(transport)
+            os.set_blocking(fd, False)
             limit = MAX_RECORD_BYTES if handle == self._records else LINE_LIMIT
-            self._readers.append(asyncio.create_task(self._pump(reader, handle, limit)))
+            self._readers.append(asyncio.create_task(self._pump(fd, handle, limit)))
 
     async def settled(self) -> int:
         """Wait until every pipe has reached its end; returns how many were given up on
         (held open, silent, by a process that escaped every kill)."""
-        pending = set(self._readers)
-        abandoned = 0
+        pending = {reader for reader in self._readers if not reader.done()}
         while pending:
             seen = self._progress
             _, pending = await asyncio.wait(pending, timeout=ABANDON_IDLE_S)
             if pending and seen == self._progress and not self._pipeline.backlogged:
-                abandoned = len(pending)
                 self.close()
-        return abandoned
+                await asyncio.wait(pending)
+                return len(pending)
+        return 0
 
     def close(self) -> None:
-        """Stop reading (what is already read is still handled)."""
-        for transport in self._transports:
-            transport.close()
+        """Stop reading now (a pipe not at its end yet is closed)."""
+        for reader in self._readers:
+            reader.cancel()
 
-    async def _pump(
-        self, reader: asyncio.StreamReader, handle: Callable[[bytes], None], limit: int
-    ) -> None:
+    async def _pump(self, fd: int, handle: Callable[[bytes], None], limit: int) -> None:
         pending = bytearray()
         records = handle == self._records
         skipping = False  # inside a record too long to keep, up to its end of line
-        while True:
-            await self._pipeline.room()
-            chunk = await reader.read(READ_CHUNK)
-            if not chunk:
-                break
-            self._progress += 1
-            if skipping:
-                cut = chunk.find(b"\n")
-                if cut < 0:
+        try:
+            while True:
+                await self._pipeline.room()
+                await _readable(fd)
+                chunk = _read(fd)
+                if chunk is None:
                     continue
-                skipping, chunk = False, chunk[cut + 1 :]
-            pending += chunk
-            end = pending.rfind(b"\n")
-            if end >= 0:
-                handle(bytes(pending[:end]))
-                del pending[: end + 1]
-            while len(pending) > limit:
-                if records:  # longer than any worker sends: refused, not kept growing
-                    self._lost("oversized")
-                    skipping = True
-                    pending.clear()
-                else:  # a long output line arrives in pieces
-                    handle(bytes(pending[:limit]))
-                    del pending[:limit]
-        if pending:
-            handle(bytes(pending))
+                if not chunk:
+                    break
+                self._progress += 1
+                if skipping:
+                    cut = chunk.find(b"\n")
+                    if cut < 0:
+                        continue
+                    skipping, chunk = False, chunk[cut + 1 :]
+                pending += chunk
+                end = pending.rfind(b"\n")
+                if end >= 0:
+                    handle(bytes(pending[:end]))
+                    del pending[: end + 1]
+                while len(pending) > limit:
+                    if records:  # longer than any worker sends: refused, not kept growing
+                        self._lost("oversized")
+                        skipping = True
+                        pending.clear()
+                    else:  # a long output line arrives in pieces
+                        handle(bytes(pending[:limit]))
+                        del pending[:limit]
+                if len(chunk) < READ_CHUNK:
+                    # Let a fast writer fill the pipe a little: one read and one stored
+                    # batch per millisecond instead of one per record.
+                    await asyncio.sleep(COALESCE_S)
+            if pending:
+                handle(bytes(pending))
+        finally:
+            os.close(fd)
 
     def _records(self, block: bytes) -> None:
         """Records, one a line; the common case is parsed in one call."""
@@ -286,3 +289,22 @@ class RunInput:
     def _lost(self, reason: str) -> None:
         self._link.channel.lost[reason] += 1
         log.warning("event lost", run_id=self._link.channel.run_id, reason=reason)
+
+
+async def _readable(fd: int) -> None:
+    """Wait until ``fd`` has data (or its end) to read."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _read(fd: int) -> bytes | None:
+    """What ``fd`` holds (b"" at its end); None when a wake-up found nothing after all."""
+    try:
+        return os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return None

@@ -65,7 +65,7 @@ class RunSupervisor:
     async def start(self, job: Job) -> None:
         """Read the worker's pipes into the run and hand it its job."""
         worker = self._worker
-        await self._input.start(worker.stdout, worker.stderr, worker.channels)
+        self._input.start(worker.stdout, worker.stderr, worker.channels)
         try:
             await worker.assign(job)
         except (BrokenPipeError, ConnectionResetError) as error:
