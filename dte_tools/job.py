@@ -24,11 +24,14 @@ class Job:
     ``[notebook, executed copy]`` for a notebook. ``env`` holds the run's DUFT_* variables
     (its id and token among them: they never appear on a command line or in the
     environment a process was started with) and PYTHONPATH for an executeFromRoot copy.
+    ``secrets`` are the values a notebook runner masks in the executed notebook before it
+    writes it; they are never put into the environment.
     """
 
     argv: list[str]
     cwd: str
     env: dict[str, str]
+    secrets: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode() + b"\n"
@@ -40,7 +43,12 @@ class Job:
         if not line:
             return None
         fields = json.loads(line)
-        return cls(list(fields["argv"]), str(fields["cwd"]), dict(fields["env"]))
+        return cls(
+            list(fields["argv"]),
+            str(fields["cwd"]),
+            dict(fields["env"]),
+            tuple(fields.get("secrets", ())),
+        )
 
     def import_paths(self, first: str) -> list[str]:
         """``first`` (the script's or notebook's folder) and then the job's PYTHONPATH."""

@@ -7,6 +7,7 @@ a full state folder is survived.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from tests.harness import (
     log_messages,
     wait_for,
 )
-from tests.test_notebooks import add_notebook_task
+from tests.test_notebooks import WAIT_FOR_FILE, add_notebook_task
 
 # DUFT's own SAMPLE-ERROR task: progress, an error line, then a hard exit skipping atexit.
 SAMPLE_ERROR = """
@@ -282,3 +283,36 @@ def test_a_record_that_cannot_be_used_is_counted_as_lost_never_silently(
     notices = [e["data"] for e in events if e["kind"] == Kind.NOTICE]
     assert notices == [{"message": run["reason"], "events_lost": 1}]
     assert final_state_event(events)["data"]["events_lost"] == 1
+
+
+def test_restart_masks_a_notebook_an_orphaned_runner_left(
+    tmp_path: Path, config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """A daemon SIGKILLed during a notebook run leaves its runner orphaned; whatever that
+    runner left at the run's output path has the password masked by the next start."""
+    secret = f"pw-{uuid.uuid4().hex}"
+    user_file = config_dir / "user" / "config.json"
+    user = json.loads(user_file.read_text())
+    user["dataConnectionParameters"]["ANA"]["password"] = secret
+    user_file.write_text(json.dumps(user))
+    gate = tmp_path / "never-opened"
+    add_notebook_task(
+        config_dir,
+        "NB-ORPHAN",
+        [nbformat.v4.new_code_cell(WAIT_FOR_FILE.format(path=str(gate)))],
+        dataConnections=["ANA"],
+    )
+    state = tmp_path / "state"
+    daemon = daemon_factory(config_dir, state_dir=state)
+    run_id = daemon.submit("NB-ORPHAN")["run"]["id"]
+    output = Path(daemon.wait_state(run_id, "running")["output"])
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"cells": [f"the password is {secret}"]}), encoding="utf-8")
+
+    daemon = daemon_factory(config_dir, state_dir=state)
+    run = daemon.request(Op.RUN, run=run_id)["run"]
+    assert run["state"] == "lost", run
+    assert secret not in output.read_text(encoding="utf-8")
+    assert "the password is ********" in output.read_text(encoding="utf-8")

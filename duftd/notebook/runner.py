@@ -32,6 +32,7 @@ from nbformat import NotebookNode
 from dte_tools import channel
 from dte_tools.backends import DaemonBackend
 from dte_tools.job import Job
+from dte_tools.redact import Redactor
 from dte_tools.wire import Kind
 from duftd.notebook.kernel import StopRequest, join_run, running_kernel, start_kernel
 from duftd.notebook.params import inject
@@ -91,16 +92,18 @@ async def execute(
     return result
 
 
-def write_notebook(nb: NotebookNode, path: Path) -> None:
-    """Write the executed notebook; a cancel that comes meanwhile waits until it is whole.
+def write_notebook(nb: NotebookNode, path: Path, redactor: Redactor) -> None:
+    """Write the executed notebook, its secrets masked before it is on disk; a cancel that
+    comes meanwhile waits until it is whole.
 
-    Written in place, not renamed from a temporary file: duftd masks secrets in this one
-    path, and a temporary file left by a killed runner would keep them.
+    Written in place, not renamed from a temporary file: duftd masks this one path again
+    when the runner was killed while writing, and a temporary file would escape that.
     """
+    text = redactor.mask(nbformat.writes(nb)) + "\n"  # as nbformat.write ends it
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
-        nbformat.write(nb, path)
+        path.write_text(text, encoding="utf-8")
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
@@ -131,7 +134,7 @@ async def run(folder: Path, kernel_channel: int) -> int:
     try:
         result = await execute(nb, backend, manager, kernel_client, job, kernel_channel)
     finally:
-        write_notebook(nb, output_path)
+        write_notebook(nb, output_path, Redactor(job.secrets))
     if result.signum is not None:
         name = signal.Signals(result.signum).name
         where = (

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from dte_tools import wire
+from dte_tools.redact import Redactor
 from dte_tools.wire import Kind, State
 from duftd import spawn
 from duftd.config import (
@@ -338,9 +339,10 @@ class RunManager:
             orphans = spawn.kill_marked(f"{wire.ENV_WORKER_ID}={worker_id}") if worker_id else 0
             if orphans:
                 reason += f"; {orphans} orphaned worker process(es) killed"
-            channel = RunChannel(run_id, record["task_id"], self._secrets_of(record["task_id"]))
-            if record["output"]:
-                mask_notebook(Path(record["output"]), channel.redact)
+            secrets = self._secrets_of(record["task_id"])
+            if record["output"]:  # an orphaned runner may have written it unmasked
+                mask_notebook(Path(record["output"]), Redactor(secrets))
+            channel = RunChannel(run_id, record["task_id"], secrets)
             channel.last_seq = await self.store.max_seq(run_id)
             self.pipeline.emit(
                 channel, Kind.STATE, {"state": State.LOST, "reason": reason}, time.time()

@@ -16,8 +16,9 @@ from typing import Any
 
 from dte_tools import wire
 from dte_tools.job import Job
+from dte_tools.redact import Redactor
 from dte_tools.wire import State
-from duftd.config import LoadedConfig, TaskSpec
+from duftd.config import LoadedConfig, TaskSpec, secret_values
 from duftd.ingest import RunLink
 from duftd.runs.supervisor import RunSupervisor
 
@@ -77,24 +78,28 @@ class LiveRun:
             cwd = self.config.root.parent
             env["PYTHONPATH"] = str(task.data_tasks_dir)
         if task.kind == "notebook":
-            argv = [str(script), str(self.output_path)]
-        else:
-            # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
-            argv = [str(script), json.dumps(self.params)]
-        return Job(argv, str(cwd), env)
+            # The runner masks the executed notebook before it is on disk.
+            return Job([str(script), str(self.output_path)], str(cwd), env, self.secrets)
+        # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
+        return Job([str(script), json.dumps(self.params)], str(cwd), env)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The values masked wherever the run's output is kept."""
+        return tuple(secret_values(self.config, self.task))
 
     def tidy(self) -> None:
         """Drop an executeFromRoot copy; mask secrets in the executed notebook kept for the user."""
         shutil.rmtree(self.folder / "root-copy", ignore_errors=True)
         output = self.output_path
-        if output is not None:
-            mask_notebook(output, self.link.channel.redact)
+        if output is not None:  # the runner masked it, unless it was killed while writing
+            mask_notebook(output, Redactor(self.secrets))
 
 
-def mask_notebook(path: Path, redact: Any) -> None:
-    """Mask secrets in an executed notebook on disk (``redact`` maps text to masked text)."""
-    if path.is_file():
+def mask_notebook(path: Path, redactor: Redactor) -> None:
+    """Mask secrets in an executed notebook on disk (one a runner could not finish)."""
+    if redactor and path.is_file():
         text = path.read_text(encoding="utf-8")
-        masked = redact(text)
+        masked = redactor.mask(text)
         if masked != text:
             path.write_text(masked, encoding="utf-8")
