@@ -120,8 +120,16 @@ class ChannelStream(io.TextIOBase):
     def fileno(self) -> int:
         return self._original.fileno()
 
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "strict"
+
     def isatty(self) -> bool:
         return False
+
+    def reconfigure(self, **options: Any) -> None:
+        """Accepted and ignored (tasks call ``sys.stdout.reconfigure(encoding="utf-8")``):
+        lines always travel as text, line by line."""
 
     def writable(self) -> bool:
         return True

@@ -224,12 +224,16 @@ class RunManager:
             return Outcome(State.FAILED, None, f"worker did not start: {error}")
         run.worker_id = worker.worker_id
         output = run.output_path
-        await self._transition(
-            run,
-            State.STARTING,
-            worker_id=run.worker_id,
-            output=str(output) if output else None,
-        )
+        try:
+            await self._transition(
+                run,
+                State.STARTING,
+                worker_id=run.worker_id,
+                output=str(output) if output else None,
+            )
+        except BaseException:
+            worker.discard()
+            raise
         limits = Limits(run.task.timeout_seconds, self.cancel_grace_s)
         supervisor = RunSupervisor(worker, limits, self.pipeline, run.link)
         try:

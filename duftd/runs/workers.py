@@ -90,6 +90,12 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def discard(self) -> None:
+        """End a worker that will never get its job (its processes, pipes and folder)."""
+        spawn.kill_marked(self.marker)
+        self.close_pipes()
+        self.tidy()
+
     def tidy(self) -> None:
         """Remove what a killed worker could not (its kernel folder)."""
         if self.kind == "notebook":
@@ -177,8 +183,5 @@ class SparePool:
         self.enabled = False
         if spare is None:
             return
-        # The spare and any kernel it started carry its worker id.
-        spawn.kill_marked(spare.marker)
+        spare.discard()  # the spare and any kernel it started carry its worker id
         await spawn.wait_exit(spare.process)
-        spare.close_pipes()
-        spare.tidy()
