@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dte_tools import channel, locate
+from dte_tools.job import current as current_job
 from dte_tools.wire import (
     ENV_CONTROL,
     ENV_INGEST,
@@ -128,7 +129,10 @@ class DaemonBackend:
         return self._hello
 
     def parameters(self, given: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.hello()["params"])
+        """The run's resolved parameters: from the job duftd gave this process, else (a
+        notebook's kernel, a program the task started) asked of duftd."""
+        job = current_job()
+        return dict(job.params) if job is not None else dict(self.hello()["params"])
 
     def connection(self, connection_id: str) -> dict[str, Any]:
         return self._control.request(Op.WORKER_CONNECTION, {"id": connection_id})["values"]

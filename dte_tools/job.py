@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
-from typing import IO
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,16 @@ class Job:
     ``[notebook, executed copy]`` for a notebook. ``env`` holds the run's DUFT_* variables
     (its id and token among them: they never appear on a command line or in the
     environment a process was started with) and PYTHONPATH for an executeFromRoot copy.
-    ``secrets`` are the values a notebook runner masks in the executed notebook before it
-    writes it; they are never put into the environment.
+    ``params`` are the run's resolved parameters (what ``find_json_arg`` returns; a script
+    also gets them as its JSON argument, as in DUFT). ``secrets`` are the values a notebook
+    runner masks in the executed notebook before it writes it; they are never put into
+    the environment.
     """
 
     argv: list[str]
     cwd: str
     env: dict[str, str]
+    params: dict[str, Any] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
@@ -47,7 +50,8 @@ class Job:
             list(fields["argv"]),
             str(fields["cwd"]),
             dict(fields["env"]),
-            tuple(fields.get("secrets", ())),
+            dict(fields["params"]),
+            tuple(fields["secrets"]),
         )
 
     def import_paths(self, first: str) -> list[str]:
@@ -57,5 +61,15 @@ class Job:
 
     def enter(self) -> None:
         """Move this process into the run: its folder and its environment."""
+        global _current
         os.chdir(self.cwd)
         os.environ.update(self.env)
+        _current = self
+
+
+_current: Job | None = None
+
+
+def current() -> Job | None:
+    """The job this process entered, if duftd gave it one."""
+    return _current

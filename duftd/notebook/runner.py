@@ -2,8 +2,8 @@
 
 duftd starts it (often ahead of need, as a warm spare) with two durable event channels:
 its own, and one for the kernel. It starts a kernel of this environment holding the
-kernel's channel, reads its job (:mod:`dte_tools.job`) on stdin, fetches the run's
-parameters from duftd, injects them, executes every cell with nbclient, and reports cell
+kernel's channel, reads its job (:mod:`dte_tools.job`) on stdin, injects the run's
+parameters from it, executes every cell with nbclient, and reports cell
 by cell. Log lines sent from inside a cell go from the kernel straight into its own
 channel, so they are duftd's the moment the call returns, whatever happens to the kernel
 next. The executed notebook, outputs included, is written to the job's output path
@@ -126,7 +126,7 @@ async def run(folder: Path, kernel_channel: int) -> int:
         kernel_client.stop_channels()
         await ensure_async(manager.shutdown_kernel(now=True))
         return 2
-    how = inject(nb, backend.parameters({}))
+    how = inject(nb, job.params)
     if how == "top":
         message = "no `params = {}` first cell or `parameters` tag: parameters put at the top"
         backend.emit(Kind.NOTICE, {"message": message})

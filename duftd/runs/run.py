@@ -79,9 +79,10 @@ class LiveRun:
             env["PYTHONPATH"] = str(task.data_tasks_dir)
         if task.kind == "notebook":
             # The runner masks the executed notebook before it is on disk.
-            return Job([str(script), str(self.output_path)], str(cwd), env, self.secrets)
+            argv = [str(script), str(self.output_path)]
+            return Job(argv, str(cwd), env, self.params, self.secrets)
         # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
-        return Job([str(script), json.dumps(self.params)], str(cwd), env)
+        return Job([str(script), json.dumps(self.params)], str(cwd), env, self.params)
 
     @property
     def secrets(self) -> tuple[str, ...]:
