@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import gc
 import ipaddress
 import os
@@ -31,6 +32,7 @@ from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
+from duftd.config_reload import reload_if_replaced
 from duftd.control import ControlServer
 from duftd.errors import StartupError
 from duftd.ingest import Ingest
@@ -60,7 +62,8 @@ class DaemonOptions:
     retention_days: float | None = 90.0
     retention_runs: int | None = 500
     curve_dir: Path | None = None
-    spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.spares)
+    spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.workers)
+    strict_connections: bool = False  # refuse connections a task does not declare
 
 
 def is_loopback(host: str) -> bool:
@@ -125,7 +128,10 @@ class Daemon:
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
         scheduler = Scheduler(self.manager, config)
-        commands = Commands(self.manager, ingest, self.started_at, scheduler)
+        self.manager.on_run_end = functools.partial(reload_if_replaced, self.manager, scheduler)
+        commands = Commands(
+            self.manager, ingest, self.started_at, scheduler, options.strict_connections
+        )
         control = ControlServer(
             sockets["control"], key.encode(), commands.handlers(), self.manager.live_run
         )
@@ -264,18 +270,20 @@ class Daemon:
                 older = time.time() - options.retention_days * 86400
             assert self.store is not None and self.pipeline is not None
             try:
-                pruned = await self.pipeline.write(
-                    lambda older=older: self.store.prune(older, options.retention_runs),
-                    retry=False,
-                )
+                pruned = await self.store.prune(older, options.retention_runs, self.pipeline.write)
             except Exception:
                 log.exception("pruning old runs failed")
                 pruned = []
-            for run_id in pruned:  # executed notebooks and other per-run files go with the run
-                shutil.rmtree(options.state_dir / "runs" / str(run_id), ignore_errors=True)
+            # Executed notebooks and other per-run files go with the run (in a thread: a
+            # first pass over years of history may remove thousands of folders).
+            await asyncio.to_thread(self._remove_run_dirs, pruned)
             if pruned:
                 log.info("pruned old runs", runs=len(pruned))
             await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    def _remove_run_dirs(self, run_ids: list[int]) -> None:
+        for run_id in run_ids:
+            shutil.rmtree(self.options.state_dir / "runs" / str(run_id), ignore_errors=True)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or a core loop dies (which is logged)."""

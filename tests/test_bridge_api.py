@@ -28,11 +28,13 @@ FINAL_STATES = {"succeeded", "failed", "cancelled", "lost"}
 class BridgeProcess:
     """One ``python -m clients.bridge`` on a free port, serving one daemon's state folder."""
 
-    def __init__(self, state_dir: Path, log_path: Path) -> None:
+    def __init__(self, state_dir: Path, log_path: Path, extra_args: list[str]) -> None:
         self.state_dir = state_dir
         self.log_path = log_path
+        self.extra_args = extra_args
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
+        self.token = ""  # from the ready-to-open URL it prints (none with --no-auth)
 
     def start(self) -> BridgeProcess:
         env = environment_without_duft()
@@ -46,6 +48,7 @@ class BridgeProcess:
                     "0",
                     "--state-dir",
                     str(self.state_dir),
+                    *self.extra_args,
                 ],
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -60,8 +63,19 @@ class BridgeProcess:
         line = self.process.stdout.readline()
         if "serving http://" not in line:
             raise AssertionError(f"duft-bridge did not start: {line!r}\n{self.log_text()}")
-        self.url = line.split("serving ", 1)[1].split()[0].rstrip("/")
+        url = line.split("serving ", 1)[1].split()[0]
+        base, _, token = url.partition("/?token=")
+        self.url, self.token = base.rstrip("/"), token
         return self
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What an API client sends to be let in."""
+        return {"Authorization": f"token {self.token}"} if self.token else {}
+
+    def session(self) -> aiohttp.ClientSession:
+        """An HTTP client that sends this bridge's token with every request."""
+        return aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(total=30))
 
     def log_text(self) -> str:
         return (
@@ -86,12 +100,13 @@ class BridgeProcess:
 
 
 @pytest.fixture
-def bridge_factory(tmp_path: Path) -> Iterator[Callable[[Path], BridgeProcess]]:
-    """Start real duft-bridge processes; all are stopped at the end."""
+def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
+    """Start real duft-bridge processes (extra arguments after the state folder); all are
+    stopped at the end."""
     started: list[BridgeProcess] = []
 
-    def start(state_dir: Path) -> BridgeProcess:
-        bridge = BridgeProcess(state_dir, tmp_path / f"bridge{len(started)}.log")
+    def start(state_dir: Path, *extra_args: str) -> BridgeProcess:
+        bridge = BridgeProcess(state_dir, tmp_path / f"bridge{len(started)}.log", list(extra_args))
         started.append(bridge)
         return bridge.start()
 
@@ -101,14 +116,15 @@ def bridge_factory(tmp_path: Path) -> Iterator[Callable[[Path], BridgeProcess]]:
 
 
 @pytest.fixture
-def bridge(daemon: DaemonProcess, bridge_factory: Callable[[Path], BridgeProcess]) -> BridgeProcess:
+def bridge(daemon: DaemonProcess, bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
     """A bridge serving the ``daemon`` fixture's daemon."""
     return bridge_factory(daemon.state_dir)
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+async def http(bridge: BridgeProcess) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client that authenticates to the ``bridge`` fixture with its token."""
+    async with bridge.session() as session:
         yield session
 
 

@@ -59,7 +59,7 @@ def browser() -> Iterator[Browser]:
 def served(
     config_dir: Path,
     daemon_factory: Callable[..., DaemonProcess],
-    bridge_factory: Callable[[Path], BridgeProcess],
+    bridge_factory: Callable[..., BridgeProcess],
 ) -> tuple[DaemonProcess, BridgeProcess]:
     """A daemon whose config has one extra task that logs an error and exits 0, and its bridge."""
     add_script_task(config_dir, "LOGS-ERROR", ERRORS_TASK, description="Logs an error, exits 0.")
@@ -113,8 +113,9 @@ def test_page_runs_tasks_live_and_shows_the_whole_log_after_a_reload(
             and problems.append(f"{request.url}: {request.failure}")
         ),
     )
-    page.goto(f"{bridge.url}/")
+    page.goto(f"{bridge.url}/?token={bridge.token}")  # the URL duft-bridge prints
     page.wait_for_selector("body[data-ready]", timeout=WAIT_MS)
+    assert "token=" not in page.url  # the token went into a cookie, out of the address
 
     # SAMPLE with changed parameters: lines and progress arrive while it runs.
     select_task(page, "SAMPLE")

@@ -9,7 +9,7 @@ import aiohttp
 
 from tests import test_bridge_api as shared
 from tests.harness import DaemonProcess
-from tests.test_bridge_api import BridgeProcess, assert_error, sse, until, wait_final
+from tests.test_bridge_api import BridgeProcess, sse, until, wait_final
 
 # The bridge fixtures, shared with the API tests.
 bridge_factory = shared.bridge_factory
@@ -19,6 +19,13 @@ http = shared.http
 UI_ORIGIN = "http://localhost:5173"  # where DUFT's UI runs in development
 JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}
 MARKERS = {"script_start", "script_complete", "scriptError"}
+
+
+def assert_duft_error(status: int, body: Any, expected_status: int, code: str) -> None:
+    """An error in DUFT's shape: a top-level ``message`` (what DUFT's UI shows), our ``code``."""
+    assert status == expected_status, body
+    assert set(body) == {"message", "code"}, body
+    assert body["code"] == code and body["message"], body
 
 
 async def run_data_task(
@@ -49,6 +56,8 @@ async def frames_of_one_run(
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         stream = sse(response)
+        _, first = await anext(stream)  # the current state, sent on connect
+        assert first == {"isRunning": False, "message": "No data task is running", "dataTask": None}
         status, body = await run_data_task(http, bridge, task, **params)
         assert status == 202, body
         async for event_id, frame in stream:
@@ -73,14 +82,16 @@ async def test_run_data_task_starts_a_run_like_duft_server(
     assert run["params"]["name"] == "Arya" and run["params"]["steps"] == 2
 
     async with http.post(f"{bridge.url}/run-data-task", json={"parameters": {}}) as response:
-        assert_error(response.status, await response.json(), 400, "bad_request")
-    assert_error(*await run_data_task(http, bridge, "NO-SUCH-TASK"), 404, "unknown_task")
-    assert_error(*await run_data_task(http, bridge, "SAMPLE", steps="two"), 422, "bad_parameter")
+        assert_duft_error(response.status, await response.json(), 400, "bad_request")
+    assert_duft_error(*await run_data_task(http, bridge, "NO-SUCH-TASK"), 404, "unknown_task")
+    assert_duft_error(
+        *await run_data_task(http, bridge, "SAMPLE", steps="two"), 422, "bad_parameter"
+    )
     body_text = b'{"data_task_id": "SAMPLE"}'
     async with http.post(
         f"{bridge.url}/run-data-task", data=body_text, headers={"Content-Type": "text/plain"}
     ) as response:
-        assert_error(response.status, await response.json(), 415, "unsupported_media_type")
+        assert_duft_error(response.status, await response.json(), 415, "unsupported_media_type")
 
 
 async def test_dte_status_names_the_running_task(
@@ -133,16 +144,20 @@ async def test_sse_dte_frames_mark_start_lines_and_completion(
 async def test_sse_dte_marks_a_failed_run_as_script_error(
     daemon: DaemonProcess, bridge: BridgeProcess, http: aiohttp.ClientSession
 ) -> None:
-    """A run that fails ends its /sse/dte/ frames with scriptError, after its error lines."""
+    """A run that fails ends its /sse/dte/ frames with a visible "<task> failed: <reason>" line,
+    then scriptError, after its error lines."""
     run_id, frames = await frames_of_one_run(
         http, bridge, "SAMPLE", steps=2, sleep_time=0, simulate_error=True
     )
     assert frames[0]["dataTask"] == "script_start"
     assert frames[-1]["dataTask"] == "scriptError" and frames[-1]["isRunning"] is False
-    messages = [frame["message"] for frame in frames[1:-1]]
+    messages = [frame["message"] for frame in frames[1:-2]]
     assert messages == log_lines(daemon, run_id)
     assert any("Simulated error at step 1" in message for message in messages)
     assert not MARKERS & {frame["dataTask"] for frame in frames[1:-1]}
+    failed = frames[-2]
+    assert failed["dataTask"] == "SAMPLE" and failed["message"].startswith("SAMPLE failed: ")
+    assert len(failed["message"]) <= 150
 
 
 async def test_sse_dte_marks_a_cancelled_run_as_script_error(
@@ -152,6 +167,7 @@ async def test_sse_dte_marks_a_cancelled_run_as_script_error(
     frames: list[dict[str, Any]] = []
     async with asyncio.timeout(20), http.get(f"{bridge.url}/sse/dte/") as response:
         stream = sse(response)
+        await anext(stream)  # the current state: nothing running
         _, body = await run_data_task(http, bridge, "SAMPLE", steps=40, sleep_time=0.25)
         async for _, frame in stream:
             frames.append(frame)
@@ -164,3 +180,4 @@ async def test_sse_dte_marks_a_cancelled_run_as_script_error(
                 break
     assert frames[0]["dataTask"] == "script_start"
     assert frames[-1]["dataTask"] == "scriptError" and "cancelled" in frames[-1]["message"]
+    assert frames[-2]["message"].startswith("SAMPLE cancelled: ")

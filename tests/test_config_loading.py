@@ -369,6 +369,40 @@ def test_duplicate_json_keys_are_warned(tmp_path: Path) -> None:
     assert config.tasks["T"].python_file == "t.py"
 
 
+def test_positions_skip_braces_and_quotes_inside_strings(tmp_path: Path) -> None:
+    """Each task's and parameter's diagnostic points at its own ``{`` (line and column),
+    though strings before it hold braces, escaped quotes and backslashes, and one line
+    holds several objects."""
+    root = tmp_path / "cfg"
+    (root / "system").mkdir(parents=True)
+    lines = [
+        '{"dataTasks": [',
+        '  {"id": "A", "name": "{not an object} \\"}\\" \\\\", "pythonFile": "t.py", "x": 1},',
+        '  {"id": "B", "pythonFile": "t.py", "description": "}}}{{{",',
+        '   "supportedParameters": {"p": {"title": "{"}, "q":   {"bad": 1}}, "y": 2},',
+        '{"id": "C", "pythonFile": "t.py", "z": 3}, {"id": "D", "pythonFile": "t.py", "w": 4}',
+        "]}",
+    ]
+    (root / "system" / "data_tasks.json").write_text("\n".join(lines))
+    add_scripts(root, "t.py")
+    config = load_config(root)
+
+    def at(field: str) -> tuple[int | None, int | None]:
+        (found,) = find(config, field=field, severity="warning")
+        return found.line, found.column
+
+    def brace(line: int, starting: str) -> tuple[int, int]:
+        return line, lines[line - 1].index(starting) + 1
+
+    assert at("x") == brace(2, '{"id": "A"') == (2, 3)
+    assert at("y") == brace(3, '{"id": "B"')
+    assert at("supportedParameters.q.bad") == brace(4, '{"bad"')
+    assert at("z") == brace(5, '{"id": "C"') == (5, 1)
+    assert at("w") == brace(5, '{"id": "D"')
+    assert config.tasks["A"].name == '{not an object} "}" \\'
+    assert [t.source_line for t in config.tasks.values()] == [2, 3, 5, 5]
+
+
 def test_bad_timeout_is_an_error_and_good_one_loads(tmp_path: Path) -> None:
     """timeoutSeconds must be a positive number; a valid one is kept as a float."""
     config = minimal(

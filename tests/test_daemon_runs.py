@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zmq
 
 from clients.bus import DaemonError
-from dte_tools.wire import Op
+from dte_tools.wire import CLIENT_SIGNER, Op, decode_reply, encode_request
 from tests.harness import (
     DaemonProcess,
+    RawSocket,
     add_script_task,
     add_worker_task,
     final_state_event,
@@ -205,6 +207,53 @@ def test_worker_runs_in_its_folder_with_a_clean_environment(
 
 
 # -- control operations ---------------------------------------------------------------
+
+
+def test_a_submit_during_a_reload_sees_the_old_or_the_new_config_whole(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """Submits pipelined behind a reload of a large config each resolve both parameters
+    from one config (old/old or new/new, never old/new); after the reload, the new."""
+    add_worker_task(config_dir, "GATED", "gated")
+    tasks_file = config_dir / "system" / "data_tasks.json"
+    (config_dir / "system" / "data_tasks" / "noop.py").write_text("pass\n", encoding="utf-8")
+
+    def write_tasks(value: str, filler: int) -> None:
+        document = json.loads(tasks_file.read_text(encoding="utf-8"))
+        kept = [t for t in document["dataTasks"] if not t["id"].startswith(("SWAP-", "FILL-"))]
+        params = {name: {"defaultValue": value} for name in ("a", "b")}
+        swap = [
+            {"id": f"SWAP-{i}", "pythonFile": "noop.py", "supportedParameters": params}
+            for i in range(31)
+        ]
+        fill = [{"id": f"FILL-{i}", "pythonFile": "noop.py"} for i in range(filler)]
+        document["dataTasks"] = kept + swap + fill
+        tasks_file.write_text(json.dumps(document, indent=2), encoding="utf-8")
+
+    write_tasks("old", 0)
+    daemon = daemon_factory(config_dir, "--max-concurrent", "1", "--no-spares")
+    gate = daemon.submit("GATED")["run"]["id"]  # holds the only slot: the rest stay queued
+    read_note(config_dir, "ready", gate)
+    write_tasks("new", 3000)  # large enough that loading it takes a while
+
+    assert daemon.client is not None
+    info = daemon.client.info
+    with RawSocket(zmq.DEALER, info.control) as dealer:
+        dealer.send(encode_request(Op.RELOAD, {}, info.key, CLIENT_SIGNER))
+        for i in range(30):
+            dealer.send(encode_request(Op.SUBMIT, {"task": f"SWAP-{i}"}, info.key, CLIENT_SIGNER))
+        replies = []
+        for _ in range(31):
+            frames = dealer.recv(timeout=30)
+            assert frames is not None, "a reply is missing"
+            replies.append(decode_reply(frames, info.key))
+    assert all(reply["ok"] for reply in replies), replies
+    seen = [r["result"]["run"]["params"] for r in replies if "run" in r["result"]]
+    assert len(seen) == 30
+    assert all(params in ({"a": "old", "b": "old"}, {"a": "new", "b": "new"}) for params in seen)
+    (reloaded,) = [r["result"] for r in replies if "run" not in r["result"]]
+    assert reloaded["tasks"] >= 3030
+    assert daemon.submit("SWAP-30")["run"]["params"] == {"a": "new", "b": "new"}
 
 
 def refused(daemon: DaemonProcess, op: str, **args: object) -> str:

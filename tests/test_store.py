@@ -6,6 +6,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from duftd import store as store_module
 from duftd.store import MIGRATIONS, Store
 
 
@@ -36,6 +39,54 @@ async def test_a_version_one_store_is_migrated_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _counted(path: Path) -> dict[str, int]:
+    """Runs per state, counted the slow way."""
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall())
+
+
+async def test_a_version_two_store_gains_the_history_indexes_and_run_counts(
+    tmp_path: Path,
+) -> None:
+    """A store of the schema before the history indexes keeps its runs and events, answers
+    its queries through the new indexes, and its kept counts per state match a count
+    after the migration, after inserts, state changes and retention."""
+    path = tmp_path / "runs.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
+        for state in ("failed", "succeeded", "succeeded", "running"):
+            db.execute(
+                "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, "
+                "created_at) VALUES ('OLD', ?, 'cli', '{}', '{}', '{}', 1.0)",
+                (state,),
+            )
+        db.execute("INSERT INTO events VALUES (1, 1, 1.0, 'log', '{\"message\": \"kept\"}')")
+    store = await Store.open(path)
+    try:
+        (run,) = await store.list_runs(task_id="OLD", state="failed")
+        assert run["id"] == 1
+        assert (await store.events_after(1, 0, 10))[0]["data"] == {"message": "kept"}
+        assert await store.counts_by_state() == _counted(path)
+        assert _counted(path) == {"failed": 1, "succeeded": 2, "running": 1}
+        new = (await store.create_run("NEW", "test", {}, {}, {}))["id"]
+        await store.update_run(4, state="lost", ended_at=2.0)
+        await store.update_run(new, state="running")
+        await store.update_run(new, state="running")  # unchanged: counted once
+        assert await store.counts_by_state() == _counted(path)
+        await store.prune(older_than=10.0, keep_per_task=None)
+        assert await store.counts_by_state() == _counted(path) == {"running": 1}
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM runs WHERE task_id = 'OLD' AND state = 'failed'"
+        ).fetchall()
+        assert "runs_by_task_state" in str(plan)
+        plan = db.execute("EXPLAIN QUERY PLAN SELECT id FROM runs WHERE created_at < 5").fetchall()
+        assert "runs_by_created" in str(plan)
 
 
 async def test_retention_deletes_old_and_surplus_finished_runs_with_their_events(
@@ -73,5 +124,41 @@ async def test_events_page_in_sequence_order(tmp_path: Path) -> None:
         assert [e["seq"] for e in page] == [4, 5, 6, 7]
         assert page[0]["data"] == {"n": 4}
         assert await store.max_seq(run) == 10
+    finally:
+        await store.close()
+
+
+async def test_retention_in_small_batches_keeps_exactly_the_newest_runs_per_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With batches of 4 events and 100 runs, pruning 130 of 150 runs (7 events each)
+    deletes exactly those with all their events and keeps the newest 20 whole; a later
+    pass counts a run that was active during the first and has finished since, and the
+    next one a newly finished run."""
+    monkeypatch.setattr(store_module, "RETENTION_BATCH_EVENTS", 4)
+    store = await Store.open(tmp_path / "runs.sqlite")
+    try:
+        runs = [await _finished_run(store, "A") for _ in range(150)]
+        slow = (await store.create_run("A", "test", {}, {}, {}))["id"]  # active: never counted
+        other = [await _finished_run(store, "B") for _ in range(3)]
+        await store.insert_events(
+            [(run, seq, 1.0, "log", "{}") for run in [*runs, *other] for seq in range(1, 8)]
+        )
+
+        assert await store.prune(older_than=None, keep_per_task=20) == runs[:130]
+
+        remaining = {run["id"] for run in await store.list_runs(limit=1000)}
+        assert remaining == {*runs[130:], slow, *other}
+        for run in runs[:130]:
+            assert await store.max_seq(run) == 0
+        for run in [*runs[130:], *other]:
+            assert await store.max_seq(run) == 7
+
+        await store.update_run(slow, state="succeeded", ended_at=time.time())
+        assert await store.prune(older_than=None, keep_per_task=20) == [runs[130]]
+        newer = await _finished_run(store, "A")
+        assert await store.prune(older_than=None, keep_per_task=20) == [runs[131]]
+        remaining = {run["id"] for run in await store.list_runs(task_id="A", limit=1000)}
+        assert remaining == {*runs[132:], slow, newer}
     finally:
         await store.close()

@@ -18,15 +18,22 @@ Routes (JSON in and out; an error is ``{"error": {"code", "message"}}``)::
     GET  /api/runs/{run}/events         SSE, id = sequence number; resumes from
                                         Last-Event-ID (or ?after=N); ends at the final state
     GET  /api/events[?task=&kind=]      SSE of every run's events as they happen
-    POST /run-data-task                 DUFT's web UI (see clients.bridge.legacy)
-    GET  /api/v2/dte-status             DUFT's web UI
-    GET  /sse/dte/                      DUFT's web UI
+    /api/v2/..., /run-data-task, /sse/dte/   DUFT's web UI: its data-task endpoints
+                                        (clients.bridge.legacy), start-up files and log
+                                        (duft_api), settings screen (connections_api),
+                                        login (login); any other /api/v2/ path goes to
+                                        --upstream or answers 501 (upstream)
 
-Statuses: 404 unknown task or run, 422 bad parameters, 400 bad request, 415 a POST that
-is not ``application/json`` (so a cross-site HTML form cannot start a run), 403 a request
-for a foreign Host (DNS rebinding) or from an origin that is not allowed, 503 duftd not
-reachable. The bridge binds loopback by default and never returns a secret: it only
-relays what duftd gives clients, which never includes a connection's values.
+With ``--ui DIR`` a built web UI is served at ``/`` instead of the bridge's page
+(clients.bridge.ui_files). Who may do what: clients.bridge.auth.
+
+Statuses: 401 no or a wrong credential, 403 a permission the user lacks, 429 too many
+failed logins, 404 unknown task or run, 422 bad parameters, 400 bad request, 415 a POST
+that is not ``application/json`` (so a cross-site HTML form cannot start a run), 403 a
+request for a foreign Host (DNS rebinding) or from an origin that is not allowed, 503
+duftd not reachable. On DUFT's routes an error is ``{"message", "code"}`` instead, the
+shape DUFT's UI reads. The bridge binds loopback by default and never returns a secret:
+it relays what duftd gives clients, and masks passwords on the settings screen.
 """
 
 from __future__ import annotations
@@ -43,14 +50,17 @@ from typing import Any
 
 from aiohttp import web
 
-from clients.bridge import legacy
+from clients.bridge import connections_api, duft_api, legacy, login, ui_files, uploads, upstream
+from clients.bridge.accounts import RUN_DATA_TASK
 from clients.bridge.async_bus import AsyncBus, DaemonRefused, DaemonUnavailable
+from clients.bridge.auth import CREDENTIALS, Credentials, auth_middleware, login_url, require
 from clients.bridge.sse import LiveFeed, follow_run, frame, only, tracked_stream
 from clients.bridge.web_io import (
     BUS,
     STREAMS,
     HttpError,
     bus_of,
+    duft_shaped,
     error_response,
     flag,
     json_body,
@@ -124,22 +134,26 @@ def _is_loopback(host: str) -> bool:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes ``{"error": {"code", "message"}}`` with its status."""
+    """Every failure becomes ``{"error": {"code", "message"}}`` with its status (on DUFT's
+    routes ``{"message", "code"}``, which DUFT's web UI shows)."""
+    duft = duft_shaped(request.path)
     try:
         return await handler(request)
     except HttpError as error:
-        return error_response(error.status, error.code, error.message)
+        return error_response(error.status, error.code, error.message, duft)
     except DaemonUnavailable as error:
-        return error_response(503, "daemon_unavailable", f"duftd is not reachable: {error}")
+        message = f"duftd is not reachable: {error}"
+        return error_response(503, "daemon_unavailable", message, duft)
     except DaemonRefused as error:
-        return error_response(status_for(error.code), error.code, error.message)
+        return error_response(status_for(error.code), error.code, error.message, duft)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, _code_for(error.status), error.reason)
+        return error_response(error.status, _code_for(error.status), error.reason, duft)
     except Exception as error:
         log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, "internal", f"duft-bridge internal error: {error!r}")
+        message = f"duft-bridge internal error: {error!r}"
+        return error_response(500, "internal", message, duft)
 
 
 def _code_for(status: int) -> str:
@@ -169,7 +183,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     if request.method == "POST":
         if origin is not None and not policy.origin_allowed(request, origin):
             raise HttpError(403, "forbidden_origin", f"origin {origin!r} may not post here")
-        if request.content_type != "application/json":
+        if request.content_type != "application/json" and not uploads.is_upload(request):
             raise HttpError(
                 415,
                 "unsupported_media_type",
@@ -223,6 +237,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def submit_run(request: web.Request) -> web.Response:
+    require(request, RUN_DATA_TASK)
     params = await json_body(request, empty={})
     if not isinstance(params, dict):
         raise HttpError(400, "bad_request", "the body must be a JSON object of parameters")
@@ -248,6 +263,7 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def cancel_run(request: web.Request) -> web.Response:
+    require(request, RUN_DATA_TASK)
     await json_body(request, empty={})  # any body is ignored, but it must be JSON
     return json_response(await bus_of(request).request(Op.CANCEL, run=run_id_of(request)))
 
@@ -290,13 +306,18 @@ def create_app(
     bind_host: str = DEFAULT_HOST,
     allowed_origins: Iterable[str] = (),
     bus: AsyncBus | None = None,
+    auth: bool = True,
+    ui_dir: Path | None = None,
+    upstream_url: str | None = None,
 ) -> web.Application:
     """The bridge's aiohttp application; its bus starts and stops with it."""
     app = web.Application(
-        middlewares=[errors_middleware, guard_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[errors_middleware, guard_middleware, auth_middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[BUS] = bus or AsyncBus(state_dir)
     app[POLICY] = AccessPolicy(bind_host, allowed_origins)
+    app[CREDENTIALS] = Credentials(state_dir or locate.default_state_dir(), enabled=auth)
     app[STREAMS] = set()
     app.on_response_prepare.append(_response_headers)
     app.on_startup.append(_start_bus)
@@ -304,8 +325,9 @@ def create_app(
     app.on_cleanup.append(_close_bus)
 
     routes = app.router
-    routes.add_get("/", index)
-    routes.add_static("/static/", STATIC_DIR, append_version=False)
+    if ui_dir is None:
+        routes.add_get("/", index)
+        routes.add_static("/static/", STATIC_DIR, append_version=False)
     routes.add_get("/api/health", health)
     routes.add_get("/api/tasks", list_tasks)
     routes.add_get("/api/tasks/{task}", get_task)
@@ -316,6 +338,13 @@ def create_app(
     routes.add_get("/api/runs/{run}/events", run_events)
     routes.add_get("/api/events", all_events)
     legacy.add_routes(routes)
+    duft_api.add_routes(app)
+    connections_api.add_routes(routes)
+    login.add_routes(routes)
+    uploads.register(app)
+    upstream.add_routes(app, upstream_url)  # after every other /api/v2/ route
+    if ui_dir is not None:
+        ui_files.add_routes(app, ui_dir)  # last: it takes every other GET
     return app
 
 
@@ -355,8 +384,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a non-loopback --host (the bridge has no login: anyone who reaches it "
-        "can start and cancel runs)",
+        help="allow a non-loopback --host (anyone who reaches it can try to log in; use "
+        "HTTPS in front of it)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no credentials at all: anyone who can reach the port may read runs and start "
+        "and cancel them (only for a single-user desktop; refused with a non-loopback --host)",
+    )
+    parser.add_argument(
+        "--ui",
+        type=Path,
+        metavar="DIR",
+        help="serve this built web UI (e.g. DUFT's release build) at / instead of the "
+        "bridge's own page",
+    )
+    parser.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="DUFT server to pass other /api/v2/ requests (queries, dashboards' data) to, "
+        "e.g. http://127.0.0.1:8000; without it they answer 501",
     )
     parser.add_argument(
         "--allow-origin",
@@ -376,7 +424,14 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = create_app(state_dir, bind_host=args.host, allowed_origins=args.allow_origin)
+    app = create_app(
+        state_dir,
+        bind_host=args.host,
+        allowed_origins=args.allow_origin,
+        auth=not args.no_auth,
+        ui_dir=args.ui,
+        upstream_url=args.upstream,
+    )
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0, access_log=None)
     await runner.setup()
     try:
@@ -384,7 +439,19 @@ async def serve(args: argparse.Namespace) -> None:
         await site.start()
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"duft-bridge: serving http://{shown}:{port}/ for duftd in {state_dir}", flush=True)
+        credentials = app[CREDENTIALS]
+        credentials.cookie_name = f"duft-bridge-{port}"  # cookies are per host, not port
+        url = login_url(f"http://{shown}:{port}/", credentials)
+        print(f"duft-bridge: serving {url} for duftd in {state_dir}", flush=True)
+        if args.no_auth:
+            print(
+                "duft-bridge: WARNING: --no-auth: NO CREDENTIALS ARE CHECKED. Anyone who can "
+                f"reach port {port} (every local user) can read every run and start or "
+                "cancel runs.",
+                flush=True,
+            )
+        else:
+            print("duft-bridge: open the URL above (it logs this browser in)", flush=True)
         if not app[BUS].available:
             print(f"duft-bridge: {app[BUS].unavailable_reason}; waiting for it", flush=True)
         await stop.wait()
@@ -399,9 +466,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not _is_loopback(args.host) and not args.allow_remote:
         parser.error(
-            f"--host {args.host} is not a loopback address; the bridge has no login, so "
-            "anyone who reaches it could start runs. Add --allow-remote if that is intended."
+            f"--host {args.host} is not a loopback address; anyone who reaches it could try "
+            "to log in. Add --allow-remote if that is intended."
         )
+    if not _is_loopback(args.host) and args.no_auth:
+        parser.error("--no-auth is for a single-user desktop: it needs a loopback --host")
+    if args.ui is not None:
+        try:
+            args.ui = ui_files.check_ui_dir(args.ui)
+        except ValueError as error:
+            parser.error(f"--ui: {error}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

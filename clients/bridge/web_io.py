@@ -13,6 +13,9 @@ BUS = web.AppKey("bus", AsyncBus)
 # The handler tasks of open streams, cancelled when the bridge shuts down.
 STREAMS = web.AppKey("streams", set)
 
+# The routes of DUFT's own server (its web UI calls them).
+DUFT_PREFIXES = ("/api/v2/", "/api/v2", "/run-data-task", "/sse/")
+
 # duftd's error codes (duftd.errors) -> HTTP status; any other code is a 502 (bad gateway).
 STATUS_BY_CODE = {
     "unknown_task": 404,
@@ -23,6 +26,7 @@ STATUS_BY_CODE = {
     "task_not_runnable": 409,
     "shutting_down": 503,
     "unauthorized": 503,  # the bridge's key is not (yet) the running daemon's
+    "unknown_connection": 404,
 }
 
 
@@ -40,8 +44,17 @@ def status_for(code: str) -> int:
     return STATUS_BY_CODE.get(code, 502)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(status: int, code: str, message: str, duft: bool = False) -> web.Response:
+    """``{"error": {"code", "message"}}``, or DUFT's shape (a top-level ``message``, which
+    DUFT's web UI shows, with our ``code`` beside it) on the routes that UI calls."""
+    if duft:
+        return web.json_response({"message": message, "code": code}, status=status)
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def duft_shaped(path: str) -> bool:
+    """Whether ``path`` is one of DUFT's routes, whose errors take DUFT's shape."""
+    return path.startswith(DUFT_PREFIXES)
 
 
 def bus_of(request: web.Request) -> AsyncBus:

@@ -28,10 +28,10 @@ from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
 from dte_tools import locate
 from dte_tools.wire import Op
 from duftd import connections
-from duftd.config import load_config
+from duftd.config import ConnectionSpec, LoadedConfig, load_config
 from duftd.config.resolve import split_assignment
 from duftd.config.user_file import set_connection_values, user_config_path
-from duftd.errors import ConfigError, DuftError, ParameterError
+from duftd.errors import ConfigError, DuftError, ParameterError, UnknownConnectionError
 
 TEST_HELP = "connect to a data connection and run its test query (works without a daemon)"
 SET_HELP = "write a connection's values into user/config.json (no daemon needed)"
@@ -118,6 +118,22 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 # -- config set-connection ----------------------------------------------------------
 
 
+def declared_connection(config: LoadedConfig, connection_id: str) -> ConnectionSpec:
+    """The connection ``connection_id`` declares, or an error naming the declared ones
+    (also used by the bridge's settings screen, so both refuse alike)."""
+    declared = connections.declared_connections(config)
+    spec = declared.get(connection_id)
+    if spec is None:
+        close = difflib.get_close_matches(connection_id, sorted(declared), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UnknownConnectionError(
+            f"unknown connection {connection_id!r}: {hint}declared connections are "
+            f"{', '.join(sorted(declared)) or 'none'} (in data_connections.json files); "
+            "nothing was written"
+        )
+    return spec
+
+
 def cmd_set_connection(args: argparse.Namespace) -> int:
     try:
         # Kept as text, as DUFT's settings page stores connection values.
@@ -126,17 +142,10 @@ def cmd_set_connection(args: argparse.Namespace) -> int:
     except (ParameterError, ConfigError) as error:
         print(f"duft: {error}", file=sys.stderr)
         return 2
-    declared = connections.declared_connections(config)
-    spec = declared.get(args.id)
-    if spec is None:
-        close = difflib.get_close_matches(args.id, sorted(declared), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
-        print(
-            f"duft: unknown connection {args.id!r}: {hint}declared connections are "
-            f"{', '.join(sorted(declared)) or 'none'} (in data_connections.json files); "
-            "nothing was written",
-            file=sys.stderr,
-        )
+    try:
+        spec = declared_connection(config, args.id)
+    except UnknownConnectionError as error:
+        print(f"duft: {error}", file=sys.stderr)
         return 2
     params = [p.name for p in spec.params]
     for key in values:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
-from clients.cli import connections, render, schedules, validate
+from clients.cli import connections, render, schedules, users, validate
 from dte_tools.wire import ACTIVE_STATES, Op
 from duftd.config import parse_cli_assignments
 from duftd.errors import ParameterError
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_parser(sub)
     schedules.add_parser(sub)
     connections.add_parsers(sub)
+    users.add_parser(sub)
     return parser
 
 

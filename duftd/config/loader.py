@@ -34,7 +34,15 @@ from duftd.config.model import (
     UserConfig,
 )
 from duftd.config.schedule import ScheduleError, cron_text
-from duftd.config.source import JsonDoc, Reporter, Where, json_type, keep_extra, unknown_hint
+from duftd.config.source import (
+    JsonDoc,
+    Reporter,
+    Where,
+    collector_paused,
+    json_type,
+    keep_extra,
+    unknown_hint,
+)
 from duftd.config.tasks import name_problem, read_task_file
 from duftd.errors import ConfigError, DuftError
 
@@ -54,7 +62,19 @@ def load_config(root: Path) -> LoadedConfig:
             f"{root} is not a duft-config folder: it has no system/ folder "
             "(expected system/data_tasks.json)"
         )
-    return _Loader(root.resolve()).load()
+    with collector_paused():
+        config = _Loader(root.resolve()).load()
+    config.identity = folder_identity(config.root)
+    return config
+
+
+def folder_identity(root: Path) -> tuple[int, int] | None:
+    """Which folder ``root`` is now (device, inode): a folder swapped in by rename differs."""
+    try:
+        status = root.stat()
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino)
 
 
 class _Loader(Reporter):

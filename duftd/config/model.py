@@ -26,7 +26,9 @@ Severity = Literal["error", "warning"]
 def script_file_problem(folder: Path, name: str) -> str | None:
     """Why ``folder/name`` is no script file to run now (missing, not a file, links out)."""
     path = folder / name
-    if path.is_symlink() or path.exists():
+    # Only a link can lead out of the folder (``name`` is a bare file name); resolving
+    # every task's path was a third of loading a 5,000-task config.
+    if path.is_symlink():
         target = path.resolve()
         if not target.is_relative_to(folder.resolve()):
             return f"pythonFile {name!r} is a link to {target}, outside {folder}"
@@ -175,6 +177,7 @@ class LoadedConfig:
     app_connections: dict[str, dict[str, ConnectionSpec]] = field(default_factory=dict)
     user: UserConfig = field(default_factory=UserConfig)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    identity: tuple[int, int] | None = None  # the folder loaded (loader.folder_identity)
 
     @property
     def errors(self) -> list[Diagnostic]:

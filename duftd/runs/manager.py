@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class RunManager:
         self._submit_locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = True
+        # Called with the task's address after each run (duftd.config_reload's check).
+        self.on_run_end: Callable[[str], None] | None = None
         known_ahead = spawn.worker_environment(
             {
                 wire.ENV_CONTROL: endpoints.control,
@@ -298,6 +301,8 @@ class RunManager:
         channel = run.link.channel
         reason = channel.redact(outcome.reason) if outcome.reason else None
         run.tidy()
+        if self.on_run_end is not None:
+            self.on_run_end(run.task.address)
         await self.pipeline.write(_nothing)  # the run's events are stored: its losses known
         lost = sum(channel.lost.values())
         if lost:

@@ -20,6 +20,7 @@ from dte_tools.redact import Redactor
 from dte_tools.wire import State
 from duftd.config import LoadedConfig, TaskSpec, secret_values
 from duftd.ingest import RunLink
+from duftd.runs.root_layout import prepare_root_copy
 from duftd.runs.supervisor import RunSupervisor
 
 
@@ -72,9 +73,7 @@ class LiveRun:
         if task.execute_from_root:
             # The task may replace duft-config itself: run a copy from the folder above it,
             # with the task's own folder still importable.
-            copy_dir = self.folder / "root-copy"
-            copy_dir.mkdir(parents=True, exist_ok=True)
-            script = Path(shutil.copy2(task.script_path, copy_dir / task.script_path.name))
+            script = prepare_root_copy(task.script_path, self.folder / "root-copy")
             cwd = self.config.root.parent
             env["PYTHONPATH"] = str(task.data_tasks_dir)
         if task.kind == "notebook":

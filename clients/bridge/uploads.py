@@ -1,0 +1,127 @@
+"""``POST /api/v2/uploads``: a DUFT engine sends a file here (``post_file_to_duft_server``).
+
+The request is ``multipart/form-data`` with a ``kind`` field and then a ``file`` field,
+authenticated with HTTP Basic. The file is streamed to
+``<data folder>/uploads/<kind>/<name>`` (a new name when that one is taken, never an
+overwrite) and refused past :data:`MAX_UPLOAD_BYTES`. Reply ``201 {kind, name, path,
+bytes}``, ``path`` relative to the data folder.
+
+Any account of ``duft users add`` may upload (the bridge's one account store,
+:mod:`clients.bridge.accounts`); a wrong password counts as a failed login of the client's
+address, as on DUFT's login (:mod:`clients.bridge.auth`). The route authenticates itself:
+the bridge's credential check lets it through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import BodyPartReader, web
+
+from clients.bridge import accounts
+from clients.bridge.auth import CREDENTIALS, client_address
+from clients.bridge.web_io import HttpError
+from dte_tools import locate
+from dte_tools.upload import UPLOAD_PATH
+
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+KIND_FIELD_BYTES = 128
+KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    data_dir: Path
+    max_bytes: int = MAX_UPLOAD_BYTES
+
+
+SETTINGS = web.AppKey("uploads", UploadSettings)
+
+
+def register(app: web.Application) -> None:
+    """Add the upload route; uploads land in the data folder duftd uses by default."""
+    app[SETTINGS] = UploadSettings(locate.data_dir(locate.default_config_dir()))
+    app.router.add_post(UPLOAD_PATH, receive_upload)
+
+
+def is_upload(request: web.Request) -> bool:
+    """The one POST that takes multipart, not JSON (the guard lets it through)."""
+    return request.path == UPLOAD_PATH
+
+
+async def receive_upload(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    username = await _authenticate(request)
+    reader = await request.multipart()
+    kind_part = await reader.next()
+    if not isinstance(kind_part, BodyPartReader) or kind_part.name != "kind":
+        raise HttpError(400, "bad_request", "the first form field must be 'kind'")
+    kind = (await kind_part.read_chunk(KIND_FIELD_BYTES)).decode("utf-8", "replace").strip()
+    if not kind_part.at_eof() or not KIND.fullmatch(kind):
+        raise HttpError(400, "bad_request", f"kind {kind!r} must be letters, digits, _ . -")
+    file_part = await reader.next()
+    if not isinstance(file_part, BodyPartReader) or file_part.name != "file":
+        raise HttpError(400, "bad_request", "the second form field must be 'file'")
+    name = Path(file_part.filename or "upload").name
+    if name in ("", ".", "..") or name.startswith("."):
+        raise HttpError(400, "bad_request", f"file name {file_part.filename!r} is not allowed")
+    folder = settings.data_dir / "uploads" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    target, handle = _new_file(folder, name)
+    size = 0
+    try:
+        with handle:
+            while chunk := await file_part.read_chunk():
+                size += len(chunk)
+                if size > settings.max_bytes:
+                    raise HttpError(
+                        413, "too_large", f"uploads are limited to {settings.max_bytes} bytes"
+                    )
+                handle.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    path = str(target.relative_to(settings.data_dir))
+    return web.json_response(
+        {"kind": kind, "name": target.name, "path": path, "bytes": size, "user": username},
+        status=201,
+    )
+
+
+async def _authenticate(request: web.Request) -> str:
+    """The uploader's name, if HTTP Basic names an account with its password."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    try:
+        username, sep, password = base64.b64decode(token, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        sep = ""
+    if scheme.lower() != "basic" or not sep:
+        raise HttpError(401, "unauthorized", "send HTTP Basic credentials of an uploader")
+    credentials = request.app[CREDENTIALS]
+    address = client_address(request)
+    credentials.failures.check(address)
+    account = await asyncio.to_thread(  # a slow hash: off the loop
+        accounts.verify_password, credentials.state_dir, username, password
+    )
+    if account is None:
+        credentials.failures.failed(address)
+        raise HttpError(401, "unauthorized", f"wrong username or password for {username!r}")
+    credentials.failures.succeeded(address)
+    return username
+
+
+def _new_file(folder: Path, name: str):
+    """Create ``name`` in ``folder``, or ``stem-2.ext``... if taken (exclusive create)."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for serial in range(1, 10_000):
+        target = folder / (name if serial == 1 else f"{stem}-{serial}{suffix}")
+        try:
+            return target, open(target, "xb")
+        except FileExistsError:
+            continue
+    raise HttpError(409, "conflict", f"too many files named like {name} in {folder}")
