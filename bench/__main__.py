@@ -51,6 +51,7 @@ def main() -> int:
                 ("script task", lambda: cases.script_task(daemon)),
                 ("notebook tasks", lambda: cases.notebook_tasks(daemon, scratch)),
                 ("event throughput", lambda: cases.throughput(daemon)),
+                ("flood", lambda: cases.flood(daemon)),
                 ("control latency", lambda: cases.control_latency(daemon)),
                 ("queue", lambda: cases.queue(daemon, queue_tasks)),
                 ("config loading", lambda: config_load.config_loading(config, scratch)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -218,6 +219,43 @@ def throughput(daemon: DaemonProcess, count: int = 100_000) -> list[Row]:
             higher_is_better=True,
             target=">= 100k/s and >= 0.6x",
             notes={"lost_live": lost_live, "lost_stored": lost_stored},
+        )
+    ]
+
+
+def flood(daemon: DaemonProcess, count: int = 1_000_000) -> list[Row]:
+    """One task logging ``count`` lines in a tight loop, once: the rate until all are stored
+    and received, how many were lost, and the daemon's peak memory meanwhile."""
+    assert daemon.process is not None
+    watcher = RunWatcher(daemon, "BENCH-FLOOD")
+    peak = [rss_mb(daemon.process.pid)]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.1):
+            peak.append(rss_mb(daemon.process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    run = daemon.submit("BENCH-FLOOD", count=count)["run"]
+    seen = watcher.until_final(run["id"], timeout=600)
+    rate = count / (seen["final"] - start)
+    sampling.set()
+    sampler.join()
+    watcher.close()
+    lost = count - _stored_logs(daemon, run["id"])
+    reference = raw_relay_rate(count)
+    return [
+        Row(
+            f"events: {count:,} log_message in a tight loop, stored",
+            "events/s",
+            [rate],
+            "raw pyzmq relay",
+            [reference],
+            higher_is_better=True,
+            target="lost = 0",
+            notes={"lost": lost, "lost_live": count - seen["logs"], "peak_rss_mb": max(peak)},
         )
     ]
 

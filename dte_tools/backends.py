@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from dte_tools import locate
+from dte_tools import channel, locate
+from dte_tools.job import current as current_job
 from dte_tools.wire import (
     ENV_CONTROL,
     ENV_INGEST,
@@ -92,7 +93,13 @@ class StandaloneBackend:
 
 
 class DaemonBackend:
-    """Under duftd: fetch the run's resolved values over control, push events to ingest."""
+    """Under duftd: fetch the run's resolved values over control; events go into the
+    process's durable channel (:mod:`dte_tools.channel`).
+
+    A process of the run that was not given a channel (a program the task started, which
+    inherits the run's environment but not the channel) sends its events to the signed
+    ingest socket instead; those are stored only while the run is live.
+    """
 
     def __init__(self, run_id: str, token: bytes, control: str, ingest: str) -> None:
         import zmq  # imported here so a standalone task never pays for it
@@ -102,10 +109,13 @@ class DaemonBackend:
         self.run_id = run_id
         self._context = zmq.Context()
         self._control = ControlClient(self._context, control, token, run_signer(run_id))
-        self._events = EventSender(self._context, ingest, run_id, token)
+        self._channel = channel.current()
+        self._sender = None
+        if self._channel is None:
+            self._sender = EventSender(self._context, ingest, run_id, token)
+            atexit.register(self.close)
         self._hello: dict[str, Any] | None = None
         self._closed = False
-        atexit.register(self.close)
 
     @classmethod
     def from_environment(cls) -> DaemonBackend:
@@ -119,23 +129,30 @@ class DaemonBackend:
         return self._hello
 
     def parameters(self, given: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.hello()["params"])
+        """The run's resolved parameters: from the job duftd gave this process, else (a
+        notebook's kernel, a program the task started) asked of duftd."""
+        job = current_job()
+        return dict(job.params) if job is not None else dict(self.hello()["params"])
 
     def connection(self, connection_id: str) -> dict[str, Any]:
         return self._control.request(Op.WORKER_CONNECTION, {"id": connection_id})["values"]
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
-        self._events.put(kind, data)
+        if self._channel is not None:
+            self._channel.emit(kind, data)
+        else:
+            self._sender.put(kind, data)
 
     def data_dir(self) -> Path:
         return Path(self.hello()["data_dir"])
 
     def close(self) -> None:
-        """Deliver queued events (bounded by the linger) and release the sockets; idempotent."""
+        """Release the sockets (delivering what the ingest sender still holds); idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._events.close(FLUSH_TIMEOUT_S)
+        if self._sender is not None:
+            self._sender.close(FLUSH_TIMEOUT_S)
         self._control.close()
         self._context.term()
 

@@ -1,9 +1,9 @@
-"""The worker's side of the bus: signed control requests and a non-blocking event sender.
+"""The worker's side of the bus: signed control requests, and an event sender to ingest.
 
-A task calls ``log_message`` from its own thread; the call only appends to a queue.
-One sender thread owns the PUSH socket and ships events in batches, so logging never
-waits on the network, and :meth:`EventSender.close` delivers what is still queued
-(with a bound) when the task ends.
+The event sender is for a process of a run that has no durable channel (a program the
+task started; see :mod:`dte_tools.channel`): ``put`` only appends to a queue, one thread
+ships batches to the signed ingest socket, and :meth:`EventSender.close` delivers what
+is still queued (with a bound) when the process ends normally.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 
 import zmq
 
+from dte_tools.channel import cut_field
 from dte_tools.wire import (
     MAX_MESSAGE_BYTES,
     PROTOCOL,
-    Kind,
     decode_reply,
     encode_request,
     run_signer,
@@ -32,9 +32,6 @@ CONTROL_TIMEOUT_S = 30.0
 BATCH_LIMIT = 500
 # Half the daemon's limit, so a batch of long lines is split rather than refused.
 MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
-# A longer text field of one event is cut to this; even JSON-escaped (6 bytes a character
-# at worst) it stays under MAX_BATCH_BYTES.
-MAX_FIELD_CHARS = MAX_BATCH_BYTES // 8
 
 
 class DaemonError(RuntimeError):
@@ -116,7 +113,6 @@ class EventSender:
         self._closing = False
         self._close_linger_ms = 0
         self._thread = threading.Thread(target=self._run, name="dte-events", daemon=True)
-        self.put(Kind.SENDER_OPEN, {})
         self._thread.start()
 
     def put(self, kind: str, data: dict[str, Any]) -> None:
@@ -129,7 +125,6 @@ class EventSender:
         """Hand what is queued to the socket; its linger then bounds delivery at context end."""
         if self._closing:
             return
-        self.put(Kind.SENDER_CLOSED, {})
         self._closing = True
         self._close_linger_ms = int(timeout * 1000)
         self._wake.set()
@@ -161,13 +156,6 @@ class EventSender:
             return
         if len(body) > MAX_BATCH_BYTES:  # one event the daemon would refuse: keep its head
             kind, ts, data = batch[0]
-            cut = {key: _cut(value) for key, value in data.items()}
+            cut = {key: cut_field(value) for key, value in data.items()}
             body = json.dumps([[kind, ts, cut]], separators=(",", ":"), default=str).encode()
         socket.send_multipart([PROTOCOL, self._signer, sign(self._token, body), body])
-
-
-def _cut(value: Any) -> Any:
-    """A text field short enough to travel (its head and a note), anything else as it is."""
-    if not isinstance(value, str) or len(value) <= MAX_FIELD_CHARS:
-        return value
-    return f"{value[:MAX_FIELD_CHARS]}... [{len(value) - MAX_FIELD_CHARS} more characters cut]"

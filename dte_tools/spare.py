@@ -1,14 +1,14 @@
-"""A spare script worker: ``python -m dte_tools.spare``, started by duftd ahead of need.
+"""The script worker: ``python -m dte_tools.spare CHANNEL_FD``, started by duftd.
 
-It imports what every task needs (pyzmq, the bus client) while nothing waits on it, then
-reads its one assignment from stdin, ``{"argv": [script, ...], "cwd", "env"}``, and runs
-the script exactly as ``python script ...`` would: as ``__main__``, with the script's
-folder first on ``sys.path`` and the run's variables in ``os.environ``.
+It imports what every task needs (pyzmq, the bus client), often while nothing waits on
+it (a warm spare), then reads its one job from stdin (:mod:`dte_tools.job`) and runs the
+script exactly as ``python script ...`` would: as ``__main__``, with the script's folder
+first on ``sys.path`` and the run's variables in ``os.environ``. Its events, and its
+``sys.stdout``/``sys.stderr`` lines, go through the channel it was started with.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import sys
@@ -18,21 +18,21 @@ from pathlib import Path
 import zmq  # noqa: F401 - imported ahead of the task: the reason a spare exists
 
 import dte_tools.daemon_link  # noqa: F401 - the same
+from dte_tools import channel
+from dte_tools.job import Job
 
 
-def main() -> int:
-    line = sys.stdin.readline()
-    if not line:
+def main(argv: list[str]) -> int:
+    job = Job.read(sys.stdin)
+    if job is None:
         return 0  # duftd stopped before handing us a run
-    job = json.loads(line)
-    os.chdir(job["cwd"])
-    os.environ.update(job["env"])
-    script = Path(job["argv"][0]).resolve()
-    sys.argv = [str(script), *job["argv"][1:]]
-    extra = [p for p in job["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[0:1] = [str(script.parent), *extra]
+    job.enter()
+    script = Path(job.argv[0]).resolve()
+    sys.argv = [str(script), *job.argv[1:]]
+    sys.path[0:1] = job.import_paths(str(script.parent))
     sys.stdin.close()
     sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - a task's stdin, as a cold worker has
+    channel.adopt(int(argv[1]), capture_output=True)
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit:
@@ -52,4 +52,4 @@ def print_task_traceback(script: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv))

@@ -34,7 +34,8 @@ class DataTaskEnvironment:
         self._backend = backend
 
     def log_message(self, message: object) -> None:
-        """An informational line for the user; never blocks the task."""
+        """An informational line for the user; once this returns, duftd has it (the task
+        waits here only while duftd is behind)."""
         self._backend.emit(Kind.LOG, {"level": "info", "message": str(message)})
 
     def log_warning(self, message: object) -> None:
@@ -120,9 +121,3 @@ def assert_dte_tools_available() -> bool:
     """Fails loudly when the task cannot reach duft-config or the daemon; True otherwise."""
     _current_backend()
     return True
-
-
-def close() -> None:
-    """Deliver queued events and release the bus; the notebook runner calls this last."""
-    if _backend is not None:
-        _backend.close()

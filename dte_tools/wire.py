@@ -104,10 +104,6 @@ class Kind:
     CELL = "cell"  # {"phase": "started"|"finished", "index", "number", "count", "status"?}
     NOTICE = "notice"  # {"message"}: something the daemon wants recorded with the run
     FAILURE = "failure"  # {"cell_index", "ename", "evalue", "traceback"}: a notebook's failing cell
-    # Markers a worker's event sender puts first and last on ingest; never stored. They
-    # let duftd wait for a finished worker's last events instead of guessing.
-    SENDER_OPEN = "sender.open"
-    SENDER_CLOSED = "sender.closed"
 
 
 class State:

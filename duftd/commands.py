@@ -109,7 +109,8 @@ class Commands:
 
     async def health(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {version, protocol, pid, uptime_s, config, runs: {state: n}, active, queued,
-        dropped: {reason: n}}"""
+        dropped: {reason: n}, storage_full: bool}; ``storage_full`` while the state folder's
+        disk is full (events are held, submits refused, until space returns)."""
         manager = self._manager
         return {
             "version": __version__,
@@ -122,6 +123,7 @@ class Commands:
             "queued": manager.queued,
             "max_concurrent": manager.max_concurrent,
             "dropped": dict(self._ingest.dropped),
+            "storage_full": manager.pipeline.storage_full,
         }
 
     async def tasks(self, caller: Caller, args: TasksArgs) -> dict[str, Any]:
@@ -166,7 +168,8 @@ class Commands:
         """{run, after?=0, limit?=1000} -> {run, events: [{seq, ts, kind, data}], more, final}.
 
         ``more`` says another page follows; ``final`` that the run has ended and
-        ``events`` reach its last one.
+        ``events`` reach its last one, its final state event. (A run's final state event
+        is committed before its row says it is final, and the row is read first.)
         """
         manager = self._manager
         run = await manager.get_run(args.run)

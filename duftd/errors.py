@@ -83,6 +83,12 @@ class ShuttingDownError(DuftError):
     code = "shutting_down"
 
 
+class StorageFullError(DuftError):
+    """The state folder's disk is full: nothing new can be recorded until space returns."""
+
+    code = "storage_full"
+
+
 class StartupError(DuftError):
     """The daemon cannot start (state folder locked, port taken, unsafe bind...)."""
 

@@ -1,8 +1,18 @@
-"""The ``ingest`` PULL socket: workers' event batches in, checked, into the pipeline.
+"""Events in: a run's pipes (its durable channels and its stdout/stderr), and the signed
+``ingest`` socket.
 
-Bad messages are dropped and counted by reason; nothing a worker sends can stop the
-loop. The socket is drained in bursts through a synchronous shadow and the loop yields
-between bursts (an awaited asyncio ``recv`` never yields while messages wait).
+A worker's events arrive on the channel pipes duftd created for it (see
+:mod:`dte_tools.channel`): one JSON record a line. Reading stops while the pipeline's
+backlog is over its limit, so a full pipe blocks the task (back-pressure) and memory stays
+bounded. A run is settled when every one of its pipes reaches its end, which happens once
+every process holding them is gone; a record that cannot be used is counted as lost on
+the run, never dropped in silence.
+
+The ZeroMQ ``ingest`` PULL socket takes signed batches from a process of a live run that
+has no channel (a program the task started) and is the seam for workers on other
+machines. Bad messages are dropped and counted by reason; nothing a worker sends can stop
+the loop. The socket is drained in bursts through a synchronous shadow and the loop
+yields between bursts (an awaited asyncio ``recv`` never yields while messages wait).
 """
 
 from __future__ import annotations
@@ -10,36 +20,50 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections import Counter
+import os
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 import zmq
 import zmq.asyncio
 
+from dte_tools.channel import MAX_RECORD_BYTES
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, RUN_SIGNER_PREFIX, Kind, verify
 from duftd.pipeline import EventPipeline, RunChannel
 
+log = structlog.get_logger("duftd.ingest")
+
 # Events handled between yields to the loop: bounds how long ingest holds it.
 EVENT_BURST = 500
-SETTLE_DRAIN_LIMIT = 4 * EVENT_BURST
 LOG_LEVELS = frozenset({"info", "warning", "error"})
 # What a worker may say about itself; run states belong to the daemon.
 WORKER_KINDS = frozenset(
     {Kind.LOG, Kind.PROGRESS, Kind.STDOUT, Kind.STDERR, Kind.CELL, Kind.NOTICE, Kind.FAILURE}
 )
+# Bytes taken from a pipe at a time; also what its reader buffers before the pipe is paused.
+READ_CHUNK = 256 * 1024
+# Longest stdout/stderr line kept whole; a longer one arrives in pieces.
+LINE_LIMIT = 64 * 1024
+# How long a reader waits after a short read, so records arrive in batches.
+COALESCE_S = 0.001
+# Once every process of a run is gone, a pipe still open and silent this long is held by a
+# process that escaped every kill: reading stops, and the run records it.
+ABANDON_IDLE_S = 5.0
+STDERR_TAIL_LINES = 40
 
 
 @dataclass(eq=False)
-class WorkerLink:
-    """A live run as ingest sees it: its token, its channel, and its open senders."""
+class RunLink:
+    """A live run as events in see it: its token, its channel, what judging it needs."""
 
     token: bytes = field(repr=False)
     channel: RunChannel
-    open_senders: int = 0
-    all_closed: asyncio.Event = field(default_factory=asyncio.Event)
     failure: dict[str, Any] | None = None  # a notebook runner's report of its failing cell
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
 
 
 def _finite(value: Any) -> bool:
@@ -58,6 +82,8 @@ def _valid_event(item: Any) -> bool:
         return data.get("level") in LOG_LEVELS and isinstance(data.get("message"), str)
     if kind == Kind.PROGRESS:
         return _finite(data.get("done")) and _finite(data.get("total"))
+    if kind in (Kind.STDOUT, Kind.STDERR):
+        return isinstance(data.get("text"), str)
     if kind == Kind.FAILURE:  # becomes the run's reason: only the shape the runner sends
         traceback = data.get("traceback")
         return (
@@ -67,15 +93,30 @@ def _valid_event(item: Any) -> bool:
             and isinstance(traceback, list)
             and all(isinstance(line, str) for line in traceback)
         )
-    return kind in WORKER_KINDS or kind in (Kind.SENDER_OPEN, Kind.SENDER_CLOSED)
+    return kind in WORKER_KINDS
+
+
+def accept(pipeline: EventPipeline, link: RunLink, item: Any) -> bool:
+    """Pass one event a worker sent on to the pipeline; False if it is not a valid one."""
+    if not _valid_event(item):
+        return False
+    kind, ts, data = item
+    if kind == Kind.FAILURE:
+        link.failure = data
+    elif kind == Kind.STDERR:
+        link.stderr_tail.append(data["text"])
+    pipeline.emit(link.channel, kind, data, float(ts))
+    return True
 
 
 class Ingest:
+    """The signed ZeroMQ ingest socket (see the module's docstring)."""
+
     def __init__(
         self,
         socket: zmq.asyncio.Socket,
         pipeline: EventPipeline,
-        lookup: Callable[[int], WorkerLink | None],
+        lookup: Callable[[int], RunLink | None],
     ) -> None:
         self._socket = socket
         self._sync = zmq.Socket.shadow(socket.underlying)
@@ -127,24 +168,11 @@ class Ingest:
             self.dropped["bad_json"] += 1
             return
         for item in events:
-            if not _valid_event(item):
+            if not accept(self._pipeline, link, item):
                 self.dropped["bad_event"] += 1
-                continue
-            kind, ts, data = item
-            if kind == Kind.SENDER_OPEN:
-                link.open_senders += 1
-                link.all_closed.clear()
-            elif kind == Kind.SENDER_CLOSED:
-                link.open_senders = max(0, link.open_senders - 1)
-                if link.open_senders == 0:
-                    link.all_closed.set()
-            else:
-                if kind == Kind.FAILURE:
-                    link.failure = data
-                self._pipeline.emit(link.channel, kind, data, float(ts))
         return len(events)
 
-    def _link(self, signer: bytes) -> WorkerLink | None:
+    def _link(self, signer: bytes) -> RunLink | None:
         if not signer.startswith(RUN_SIGNER_PREFIX):
             return None
         try:
@@ -153,15 +181,130 @@ class Ingest:
             return None
         return self._lookup(run_id)
 
-    async def settle(self, link: WorkerLink, wait_s: float | None) -> None:
-        """After a worker exits: take in what it already sent; with a ``wait_s``, also wait
-        (bounded) for each of its senders' closing marker, which follows its last batch.
 
-        Draining is bounded too: other runs may be streaming without pause.
-        """
-        self.drain_now(SETTLE_DRAIN_LIMIT)
-        if wait_s is not None and link.open_senders:
-            try:
-                await asyncio.wait_for(link.all_closed.wait(), wait_s)
-            except TimeoutError:
-                self.dropped["sender_not_closed"] += 1
+class RunInput:
+    """A run's pipes from its worker, read into the pipeline until each reaches its end."""
+
+    def __init__(self, pipeline: EventPipeline, link: RunLink) -> None:
+        self._pipeline = pipeline
+        self._link = link
+        self._readers: list[asyncio.Task[None]] = []
+        self._progress = 0  # reads so far: tells a silent pipe from a busy one
+
+    def start(self, stdout: int, stderr: int, channels: list[int]) -> None:
+        """Read the given pipes (their reading ends; each is closed at its end)."""
+        pipes = [(stdout, self._text(Kind.STDOUT)), (stderr, self._text(Kind.STDERR))]
+        pipes += [(fd, self._records) for fd in channels]
+        for fd, handle in pipes:
+            os.set_blocking(fd, False)
+            limit = MAX_RECORD_BYTES if handle == self._records else LINE_LIMIT
+            self._readers.append(asyncio.create_task(self._pump(fd, handle, limit)))
+
+    async def settled(self) -> int:
+        """Wait until every pipe has reached its end; returns how many were given up on
+        (held open, silent, by a process that escaped every kill)."""
+        pending = {reader for reader in self._readers if not reader.done()}
+        while pending:
+            seen = self._progress
+            _, pending = await asyncio.wait(pending, timeout=ABANDON_IDLE_S)
+            if pending and seen == self._progress and not self._pipeline.backlogged:
+                self.close()
+                await asyncio.wait(pending)
+                return len(pending)
+        return 0
+
+    def close(self) -> None:
+        """Stop reading now (a pipe not at its end yet is closed)."""
+        for reader in self._readers:
+            reader.cancel()
+
+    async def _pump(self, fd: int, handle: Callable[[bytes], None], limit: int) -> None:
+        pending = bytearray()
+        records = handle == self._records
+        skipping = False  # inside a record too long to keep, up to its end of line
+        try:
+            while True:
+                await self._pipeline.room()
+                await _readable(fd)
+                chunk = _read(fd)
+                if chunk is None:
+                    continue
+                if not chunk:
+                    break
+                self._progress += 1
+                if skipping:
+                    cut = chunk.find(b"\n")
+                    if cut < 0:
+                        continue
+                    skipping, chunk = False, chunk[cut + 1 :]
+                pending += chunk
+                end = pending.rfind(b"\n")
+                if end >= 0:
+                    handle(bytes(pending[:end]))
+                    del pending[: end + 1]
+                while len(pending) > limit:
+                    if records:  # longer than any worker sends: refused, not kept growing
+                        self._lost("oversized")
+                        skipping = True
+                        pending.clear()
+                    else:  # a long output line arrives in pieces
+                        handle(bytes(pending[:limit]))
+                        del pending[:limit]
+                if len(chunk) < READ_CHUNK:
+                    # Let a fast writer fill the pipe a little: one read and one stored
+                    # batch per millisecond instead of one per record.
+                    await asyncio.sleep(COALESCE_S)
+            if pending:
+                handle(bytes(pending))
+        finally:
+            os.close(fd)
+
+    def _records(self, block: bytes) -> None:
+        """Records, one a line; the common case is parsed in one call."""
+        lines = block.split(b"\n")
+        try:
+            items = json.loads(b"[" + b",".join(lines) + b"]")
+        except (ValueError, RecursionError):
+            items = None
+        if items is None or len(items) != len(lines):
+            items = [self._record(line) for line in lines]
+        for item in items:
+            if item is not None and not accept(self._pipeline, self._link, item):
+                self._lost("bad_event")
+
+    def _record(self, line: bytes) -> Any:
+        try:
+            return json.loads(line)
+        except (ValueError, RecursionError):
+            self._lost("corrupt")
+            return None
+
+    def _text(self, kind: str) -> Callable[[bytes], None]:
+        def handle(block: bytes) -> None:
+            for line in block.decode("utf-8", errors="replace").split("\n"):
+                accept(self._pipeline, self._link, [kind, time.time(), {"text": line.rstrip("\r")}])
+
+        return handle
+
+    def _lost(self, reason: str) -> None:
+        self._link.channel.lost[reason] += 1
+        log.warning("event lost", run_id=self._link.channel.run_id, reason=reason)
+
+
+async def _readable(fd: int) -> None:
+    """Wait until ``fd`` has data (or its end) to read."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _read(fd: int) -> bytes | None:
+    """What ``fd`` holds (b"" at its end); None when a wake-up found nothing after all."""
+    try:
+        return os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return None

@@ -62,7 +62,7 @@ class DaemonOptions:
     retention_days: float | None = 90.0
     retention_runs: int | None = 500
     curve_dir: Path | None = None
-    spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.spares)
+    spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.workers)
     strict_connections: bool = False  # refuse connections a task does not declare
 
 
@@ -118,7 +118,6 @@ class Daemon:
             spares=options.spares,
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
-        self.manager.ingest = ingest
         scheduler = Scheduler(self.manager, config)
         self.manager.on_run_end = functools.partial(reload_if_replaced, self.manager, scheduler)
         commands = Commands(
@@ -260,9 +259,9 @@ class Daemon:
             older = None
             if options.retention_days is not None:
                 older = time.time() - options.retention_days * 86400
-            assert self.store is not None
+            assert self.store is not None and self.pipeline is not None
             try:
-                pruned = await self.store.prune(older, options.retention_runs)
+                pruned = await self.store.prune(older, options.retention_runs, self.pipeline.write)
             except Exception:
                 log.exception("pruning old runs failed")
                 pruned = []

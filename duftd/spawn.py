@@ -17,8 +17,6 @@ PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE",
 # Workers run a little below the daemon's priority: tasks are batch work, while the
 # daemon must keep answering clients and storing events however hard they run.
 WORKER_NICENESS = 5
-# Longest line read from a worker's stdout/stderr before it is cut into pieces.
-LINE_LIMIT = 64 * 1024
 
 
 def worker_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -30,19 +28,24 @@ def worker_environment(extra: dict[str, str]) -> dict[str, str]:
 
 
 async def start_worker(
-    argv: list[str], cwd: Path, env: dict[str, str], stdin_pipe: bool = False
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    stdout: int,
+    stderr: int,
+    pass_fds: tuple[int, ...] = (),
 ) -> asyncio.subprocess.Process:
-    """Start a worker in a new session with its output piped to the daemon (and its input
-    too for a spare, which is handed its run there)."""
+    """Start a worker in a new session, its output into the given pipes, ``pass_fds``
+    inherited, and its stdin a pipe (where it is handed its job)."""
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=env,
-        stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=pass_fds,
         start_new_session=True,
-        limit=LINE_LIMIT,
     )
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)

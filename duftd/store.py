@@ -6,9 +6,10 @@ This is the only module that speaks SQL. The schema is versioned with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,10 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE run_counts SET n = n - 1 WHERE state = OLD.state;
     END;
     """,
+    # 5: how many of a run's events could not be stored (the reason says why).
+    """
+    ALTER TABLE runs ADD COLUMN events_lost INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 # Retention deletes at most this many events per transaction, so the event writer and
 # submits wait for one short batch at a time, never for a whole pass.
@@ -85,7 +90,7 @@ RETENTION_BATCH_RUNS = 100
 
 RUN_COLUMNS = (
     "id, task_id, state, requested_by, params, ignored, created_at, started_at, ended_at, "
-    "exit_code, reason, error_count, warning_count, pid, output, worker_id"
+    "exit_code, reason, error_count, warning_count, pid, output, worker_id, events_lost"
 )
 UPDATABLE = frozenset(
     {
@@ -99,9 +104,17 @@ UPDATABLE = frozenset(
         "pid",
         "output",
         "worker_id",
+        "events_lost",
     }
 )
 EventRow = tuple[int, int, float, str, str]
+# Runs one write (a coroutine function) and returns its result: the daemon passes its one
+# writer's, so that retention's transactions take turns with the events'.
+Writer = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+async def _at_once(do: Callable[[], Awaitable[Any]]) -> Any:
+    return await do()
 
 
 def _run_dict(row: aiosqlite.Row) -> dict[str, Any]:
@@ -170,12 +183,11 @@ class Store:
     ) -> dict[str, Any]:
         """Insert a queued run and return it as a dict."""
         now = time.time()
-        cursor = await self._db.execute(
+        cursor = await self._commit(
             "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, created_at) "
             "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
             (task_id, requested_by, json.dumps(params), json.dumps(ignored), json.dumps(spec), now),
         )
-        await self._db.commit()
         # Read back on the writing connection: the reader may hold an older snapshot.
         run = await self._fetch_run(self._db, cursor.lastrowid or 0)
         assert run is not None
@@ -186,10 +198,24 @@ class Store:
         if unknown:
             raise ValueError(f"cannot update run columns {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self._db.execute(
+        await self._commit(
             f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id)
         )
-        await self._db.commit()
+
+    async def _commit(self, sql: str, args: Sequence[Any], many: bool = False) -> Any:
+        """One statement in its own transaction, rolled back if it fails (a full disk), so
+        the next write starts clean. Only the pipeline's writer task calls the writers."""
+        try:
+            if many:
+                cursor = await self._db.executemany(sql, args)
+            else:
+                cursor = await self._db.execute(sql, args)
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            raise
+        return cursor
 
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
         return await self._fetch_run(self._read, run_id)
@@ -232,10 +258,11 @@ class Store:
 
     async def insert_events(self, rows: Sequence[EventRow]) -> None:
         """Store a batch of ``(run_id, seq, ts, kind, data_json)`` rows in one commit."""
-        await self._db.executemany(
-            "INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)", rows
+        await self._commit(
+            "INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+            rows,
+            many=True,
         )
-        await self._db.commit()
 
     async def events_after(self, run_id: int, after: int, limit: int) -> list[dict[str, Any]]:
         async with self._read.execute(
@@ -256,7 +283,9 @@ class Store:
             (seq,) = await cursor.fetchone()  # type: ignore[misc]
         return int(seq)
 
-    async def prune(self, older_than: float | None, keep_per_task: int | None) -> list[int]:
+    async def prune(
+        self, older_than: float | None, keep_per_task: int | None, write: Writer | None = None
+    ) -> list[int]:
         """Delete finished runs (and their events) past the retention policy; returns their ids.
 
         Indexes find them (old runs by creation time; for the count per task, only the
@@ -301,22 +330,28 @@ class Store:
                     doomed.update(row[0] for row in await cursor.fetchall())
             self._retention_from_id = next_from_id
         pruned = sorted(doomed)
-        await self._delete_runs(pruned)
+        await self._delete_runs(pruned, write or _at_once)
         return pruned
 
-    async def _delete_runs(self, run_ids: Sequence[int]) -> None:
-        """Delete runs and their events in transactions of a bounded number of events."""
+    async def _delete_runs(self, run_ids: Sequence[int], write: Writer) -> None:
+        """Delete runs and their events in transactions of a bounded number of events, each
+        done through ``write`` (the daemon's one writer, in order with the events)."""
         for first in range(0, len(run_ids), RETENTION_BATCH_RUNS):
             batch = run_ids[first : first + RETENTION_BATCH_RUNS]
             marks = ", ".join("?" for _ in batch)
-            while True:
-                cursor = await self._db.execute(
-                    "DELETE FROM events WHERE (run_id, seq) IN (SELECT run_id, seq FROM events "
-                    f"WHERE run_id IN ({marks}) LIMIT ?)",
-                    (*batch, RETENTION_BATCH_EVENTS),
+            while await write(lambda batch=batch, marks=marks: self._delete_events(batch, marks)):
+                pass
+            await write(
+                lambda batch=batch, marks=marks: self._commit(
+                    f"DELETE FROM runs WHERE id IN ({marks})", batch
                 )
-                await self._db.commit()
-                if cursor.rowcount < RETENTION_BATCH_EVENTS:
-                    break
-            await self._db.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
-            await self._db.commit()
+            )
+
+    async def _delete_events(self, batch: Sequence[int], marks: str) -> bool:
+        """Delete up to RETENTION_BATCH_EVENTS events of ``batch``; True if more are left."""
+        cursor = await self._commit(
+            "DELETE FROM events WHERE (run_id, seq) IN (SELECT run_id, seq FROM events "
+            f"WHERE run_id IN ({marks}) LIMIT ?)",
+            (*batch, RETENTION_BATCH_EVENTS),
+        )
+        return cursor.rowcount >= RETENTION_BATCH_EVENTS

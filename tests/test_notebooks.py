@@ -21,7 +21,7 @@ from nbformat import NotebookNode
 from dte_tools import wire
 from dte_tools.wire import Kind, Op
 from duftd.ingest import _valid_event
-from duftd.notebook.scratch import kernel_dir
+from duftd.runs.workers import kernel_dir
 from tests.harness import REPO, DaemonProcess, add_script_task, wait_for
 
 # A cell that blocks until the test creates a file (bounded, so a broken run still ends).

@@ -178,6 +178,8 @@ class DteFrames:
         if state == State.SUCCEEDED:
             errors = int(data.get("error_count") or 0)
             outcome = f"finished with {errors} error(s)" if errors else "completed"
+            if data.get("events_lost"):
+                outcome += f", {data['events_lost']} event(s) lost"
             return [self._frame(f"{task}: {outcome} (run {run_id})", "script_complete")]
         reason = data.get("reason") or (
             f"exit code {data['exit_code']}" if data.get("exit_code") is not None else state

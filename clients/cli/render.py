@@ -46,6 +46,8 @@ def event_line(event: dict[str, Any]) -> tuple[str, str]:
             extra += f" (exit code {data['exit_code']})"
         if data.get("error_count"):
             extra += f", {data['error_count']} error(s) logged"
+        if data.get("events_lost"):
+            extra += f", {data['events_lost']} event(s) lost"
         if data.get("reason"):
             extra += f"\n{data['reason']}"
         return f"{when} {'state':<7} {state}{extra}", STATE_STYLES.get(state, "bold")

@@ -1,26 +1,25 @@
 """All runs: submission, the one-active-run-per-task rule, the queue, limits and cancel.
 
 Each run's state changes are written to the store and published as ``state`` events
-here, and nowhere else. One :class:`RunSupervisor` per running run does the process work.
+here, and nowhere else; both go through the pipeline's one writer, the event first, so a
+reader that sees a run's final state also finds its final event. The work of one run is
+in :mod:`duftd.runs.run`; one :class:`RunSupervisor` per running run does the process work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-import shutil
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from dte_tools import wire
+from dte_tools.redact import Redactor
 from dte_tools.wire import Kind, State
 from duftd import spawn
 from duftd.config import (
@@ -30,51 +29,24 @@ from duftd.config import (
     resolve_parameters,
     secret_values,
 )
-from duftd.errors import ShuttingDownError, UnknownRunError
-from duftd.ingest import Ingest, WorkerLink
-from duftd.notebook.scratch import kernel_dir
-from duftd.pipeline import EventPipeline, RunChannel
-from duftd.runs.root_layout import prepare_root_copy
-from duftd.runs.spares import SparePool, new_worker_id
-from duftd.runs.supervisor import LaunchSpec, Outcome, RunSupervisor
+from duftd.errors import ShuttingDownError, StorageFullError, UnknownRunError
+from duftd.ingest import RunLink
+from duftd.pipeline import EventPipeline, RunChannel, is_storage_full
+from duftd.runs.run import LiveRun, WorkerEndpoints, mask_notebook
+from duftd.runs.supervisor import Limits, Outcome, RunSupervisor
+from duftd.runs.workers import SparePool, Worker, start_worker
 from duftd.store import Store
 
 log = structlog.get_logger("duftd.runs")
 
-SCRIPT_SPARE = [sys.executable, "-m", "dte_tools.spare"]
-NOTEBOOK_COLD = [sys.executable, "-m", "duftd.notebook.runner"]
-NOTEBOOK_SPARE = [*NOTEBOOK_COLD, "--spare"]
-# How long a worker that ended on its own may take to deliver its last events (its
-# senders' closing markers) before the final state is recorded.
-SETTLE_TIMEOUT_S = 1.0
+__all__ = ["RunManager", "WorkerEndpoints"]
+
+# On stop, how long recording the cancelled runs may take beyond the cancel grace.
+SHUTDOWN_RECORD_S = 3.0
 
 
-@dataclass(frozen=True)
-class WorkerEndpoints:
-    """Where workers reach the daemon, and the folders runs use."""
-
-    control: str
-    ingest: str
-    data_dir: Path
-    runs_dir: Path  # per-run folders: executed notebooks, executeFromRoot copies
-
-
-@dataclass(eq=False)
-class LiveRun:
-    """A run that is queued, starting or running, with the spec it was submitted with."""
-
-    id: int
-    task: TaskSpec
-    # The config as it was at submit (a reload does not change a live run); kept out of
-    # repr because it holds the user's connection values.
-    config: LoadedConfig = field(repr=False)
-    params: dict[str, Any]
-    link: WorkerLink
-    state: str = State.QUEUED
-    supervisor: RunSupervisor | None = None
-    cancel_reason: str | None = None
-    worker_id: str = ""  # in the environment of every process of the run
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+async def _nothing() -> None:
+    """A write that writes nothing: awaited, it says every earlier event is stored."""
 
 
 class RunManager:
@@ -94,7 +66,6 @@ class RunManager:
         self.endpoints = endpoints
         self.max_concurrent = max_concurrent
         self.cancel_grace_s = cancel_grace_s
-        self.ingest: Ingest | None = None
         self._live: dict[int, LiveRun] = {}
         self._active_by_task: dict[str, LiveRun] = {}
         self._queue: deque[LiveRun] = deque()
@@ -110,9 +81,10 @@ class RunManager:
                 wire.ENV_CONFIG_DIR: str(config.root),
             }
         )
+        self._worker_env = known_ahead
         self._spares = {
-            "script": SparePool(SCRIPT_SPARE, known_ahead, config.root, spares),
-            "notebook": SparePool(NOTEBOOK_SPARE, known_ahead, config.root, spares),
+            kind: SparePool(kind, known_ahead, config.root, spares)
+            for kind in ("script", "notebook")
         }
 
     def start_spares(self) -> None:
@@ -121,7 +93,7 @@ class RunManager:
 
     # -- queries ---------------------------------------------------------------
 
-    def worker_link(self, run_id: int) -> WorkerLink | None:
+    def worker_link(self, run_id: int) -> RunLink | None:
         """The ingest link of a live run (how ingest checks a worker's token)."""
         run = self._live.get(run_id)
         return run.link if run else None
@@ -153,6 +125,8 @@ class RunManager:
             raise ShuttingDownError(
                 "duftd is shutting down and takes no new runs; submit again once it is back"
             )
+        if self.pipeline.storage_full:
+            raise self._storage_full_error()
         config = self.config
         task = config.runnable_task(address)
         resolved = resolve_parameters(task, given)
@@ -167,20 +141,29 @@ class RunManager:
     async def _create(
         self, task: TaskSpec, config: LoadedConfig, resolved: ResolvedParameters, requested_by: str
     ) -> tuple[dict[str, Any], dict[str, str], bool]:
-        record = await self.store.create_run(
-            task.address,
-            requested_by,
-            resolved.values,
-            resolved.ignored,
-            task.model_dump(mode="json", by_alias=True),
-        )
+        try:
+            record = await self.pipeline.write(
+                lambda: self.store.create_run(
+                    task.address,
+                    requested_by,
+                    resolved.values,
+                    resolved.ignored,
+                    task.model_dump(mode="json", by_alias=True),
+                ),
+                retry=False,
+            )
+        except Exception as error:
+            if is_storage_full(error):
+                raise self._storage_full_error() from None
+            raise
         channel = RunChannel(record["id"], task.address, tuple(secret_values(config, task)))
         run = LiveRun(
             id=record["id"],
             task=task,
             config=config,
             params=resolved.values,
-            link=WorkerLink(secrets.token_hex(32).encode(), channel),
+            link=RunLink(secrets.token_hex(32).encode(), channel),
+            folder=self.endpoints.runs_dir / str(record["id"]),
         )
         self._live[run.id] = run
         self._active_by_task[task.address] = run
@@ -188,6 +171,14 @@ class RunManager:
         self._queue.append(run)
         self._pump()
         return record, resolved.ignored, False
+
+    def _storage_full_error(self) -> StorageFullError:
+        folder = self.store.path.parent
+        return StorageFullError(
+            f"the state folder {folder} is full: duftd keeps what it holds and stores it once "
+            "there is space; free some space there (or lower --retention-days/--retention-runs),"
+            " then submit again"
+        )
 
     async def cancel(self, run_id: int, reason: str = "cancelled by request") -> dict[str, Any]:
         """Cancel a queued or running run; a finished one is returned as it is."""
@@ -222,85 +213,59 @@ class RunManager:
     async def _execute(self, run: LiveRun) -> None:
         """One run from starting to its recorded final state; failure is data, never raised."""
         try:
-            output = self._output_path(run)
-            launch = self._launch_spec(run)
+            outcome = await self._supervise(run)
+        except Exception as error:
+            log.exception("run failed inside duftd", run_id=run.id)
+            outcome = Outcome(State.FAILED, None, f"duftd error while supervising: {error!r}")
+        await asyncio.shield(self._finish(run, outcome))
+
+    async def _supervise(self, run: LiveRun) -> Outcome:
+        try:
+            job = run.job(self.endpoints)
+            worker = await self._worker_for(run.task.kind)
+        except OSError as error:
+            return Outcome(State.FAILED, None, f"worker did not start: {error}")
+        run.worker_id = worker.worker_id
+        output = run.output_path
+        try:
             await self._transition(
                 run,
                 State.STARTING,
                 worker_id=run.worker_id,
                 output=str(output) if output else None,
             )
-            supervisor = RunSupervisor(launch, lambda k, d: self._emit(run, k, d))
-            try:
-                pid = await supervisor.start()
-            except OSError as error:
-                await self._finish(
-                    run, Outcome(State.FAILED, None, f"worker did not start: {error}")
-                )
-                return
-            run.supervisor = supervisor
-            await self._transition(run, State.RUNNING, pid=pid, started_at=time.time())
-            if run.cancel_reason:
-                supervisor.stop(State.CANCELLED, run.cancel_reason)
-            outcome = await supervisor.wait(lambda on_its_own: self._settle(run, on_its_own))
-        except Exception as error:
-            log.exception("run failed inside duftd", run_id=run.id)
-            outcome = Outcome(State.FAILED, None, f"duftd error while supervising: {error!r}")
-        await asyncio.shield(self._finish(run, outcome))
+        except BaseException:
+            worker.discard()
+            raise
+        limits = Limits(run.task.timeout_seconds, self.cancel_grace_s)
+        supervisor = RunSupervisor(worker, limits, self.pipeline, run.link)
+        try:
+            await supervisor.start(job)
+        except OSError as error:
+            return Outcome(State.FAILED, None, f"worker did not start: {error}")
+        run.supervisor = supervisor
+        await self._transition(run, State.RUNNING, pid=supervisor.pid, started_at=time.time())
+        if run.cancel_reason:
+            supervisor.stop(State.CANCELLED, run.cancel_reason)
+        outcome = await supervisor.wait()
+        if supervisor.abandoned_pipes:
+            self._emit(
+                run,
+                Kind.NOTICE,
+                {
+                    "message": f"{supervisor.abandoned_pipes} output pipe(s) of the run were "
+                    "still held open by a process that escaped every kill; reading stopped, "
+                    "so anything it wrote afterwards is not stored"
+                },
+            )
+        return outcome
 
-    async def _settle(self, run: LiveRun, ended_on_its_own: bool) -> None:
-        """Take in the worker's last events; wait for them only if it was not killed."""
-        if self.ingest is not None:
-            await self.ingest.settle(run.link, SETTLE_TIMEOUT_S if ended_on_its_own else None)
-
-    def _run_dir(self, run: LiveRun) -> Path:
-        return self.endpoints.runs_dir / str(run.id)
-
-    def _output_path(self, run: LiveRun) -> Path | None:
-        """Where a notebook run's executed copy is written (None for scripts)."""
-        if run.task.kind != "notebook":
-            return None
-        return self._run_dir(run) / run.task.script_path.name
-
-    def _launch_spec(self, run: LiveRun) -> LaunchSpec:
-        """How to start the run's worker: on a warm spare when one is ready, else cold."""
-        task = run.task
-        endpoints = self.endpoints
-        extra = {
-            wire.ENV_RUN_ID: str(run.id),
-            wire.ENV_RUN_TOKEN: run.link.token.decode(),
-            wire.ENV_CONTROL: endpoints.control,
-            wire.ENV_INGEST: endpoints.ingest,
-            wire.ENV_CONFIG_DIR: str(run.config.root),
-        }
-        script, cwd = task.script_path, task.data_tasks_dir
-        if task.execute_from_root:
-            # The task may replace duft-config itself: run a copy from the folder above it,
-            # with the task's own folder still importable.
-            script = prepare_root_copy(task.script_path, self._run_dir(run) / "root-copy")
-            cwd = run.config.root.parent
-            extra["PYTHONPATH"] = str(task.data_tasks_dir)
-        if task.kind == "notebook":
-            interpreter = NOTEBOOK_COLD
-            args = [str(script), str(self._output_path(run))]
-        else:
-            # DUFT passes a script's parameters as its JSON argument; they hold no secrets.
-            interpreter = [sys.executable]
-            args = [str(script), json.dumps(run.params)]
-        spare = self._spares[task.kind].take()
-        run.worker_id = spare.worker_id if spare else new_worker_id()
-        assignment = {"argv": args, "cwd": str(cwd), "env": extra} if spare else None
-        env = spawn.worker_environment({**extra, wire.ENV_WORKER_ID: run.worker_id})
-        return LaunchSpec(
-            interpreter + args,
-            cwd,
-            env,
-            task.timeout_seconds,
-            self.cancel_grace_s,
-            marker=f"{wire.ENV_WORKER_ID}={run.worker_id}",
-            spare=spare,
-            assignment=assignment,
-        )
+    async def _worker_for(self, kind: str) -> Worker:
+        """A warm spare of the task's kind when one is ready, else one started now."""
+        spare = self._spares[kind].take()
+        if spare is not None:
+            return spare
+        return await start_worker(kind, self._worker_env, self.config.root)
 
     # -- state -----------------------------------------------------------------
 
@@ -312,37 +277,44 @@ class RunManager:
         self._emit(run, Kind.STATE, {"state": state, **(extra or {})})
 
     async def _transition(self, run: LiveRun, state: str, **fields: Any) -> None:
-        await self.store.update_run(run.id, state=state, **fields)
         self._emit_state(run, state, {k: v for k, v in fields.items() if k == "pid"})
+        await self.pipeline.write(lambda: self.store.update_run(run.id, state=state, **fields))
 
     async def _finish(self, run: LiveRun, outcome: Outcome) -> None:
-        """Record the final state (with error counts) and forget the live run."""
+        """Record the final state (with error counts and losses) and forget the live run.
+
+        Never raises: whatever fails here is logged, and the run is still forgotten (a
+        run whose state could not be recorded is marked lost by the next start)."""
+        # No event of the run is taken after its final state (ingest looks runs up here).
+        self._live.pop(run.id, None)
+        try:
+            await self._record_final(run, outcome)
+        except Exception:
+            log.exception("recording a run's final state failed", run_id=run.id)
+        finally:
+            if self._active_by_task.get(run.task.address) is run:
+                del self._active_by_task[run.task.address]
+            run.finished.set()
+        log.info("run finished", run_id=run.id, task=run.task.address, state=outcome.state)
+
+    async def _record_final(self, run: LiveRun, outcome: Outcome) -> None:
         channel = run.link.channel
-        failure = run.link.failure
-        if outcome.state == State.FAILED and failure and not outcome.detail.get("stopped_by"):
-            outcome = Outcome(
-                State.FAILED,
-                outcome.exit_code,
-                f"cell {failure.get('cell_index')} raised {failure.get('ename')}: "
-                f"{failure.get('evalue')}",
-                {"cell_index": failure.get("cell_index"), "traceback": failure.get("traceback")},
-            )
         reason = channel.redact(outcome.reason) if outcome.reason else None
-        self._tidy_run_dir(run)
+        run.tidy()
         if self.on_run_end is not None:
             self.on_run_end(run.task.address)
+        await self.pipeline.write(_nothing)  # the run's events are stored: its losses known
+        lost = sum(channel.lost.values())
+        if lost:
+            why = ", ".join(f"{count} {what}" for what, count in sorted(channel.lost.items()))
+            note = f"{lost} event(s) of this run could not be stored ({why})"
+            self._emit(run, Kind.NOTICE, {"message": note, "events_lost": lost})
+            reason = f"{reason}; {note}" if reason else note
         counts = {
             "error_count": channel.counts["error"],
             "warning_count": channel.counts["warning"],
+            "events_lost": lost,
         }
-        await self.store.update_run(
-            run.id,
-            state=outcome.state,
-            ended_at=time.time(),
-            exit_code=outcome.exit_code,
-            reason=reason,
-            **counts,
-        )
         # Drop empty values only: a failing notebook cell 0 is still cell 0.
         detail = {k: v for k, v in outcome.detail.items() if v not in (None, [], "")}
         if "traceback" in detail:
@@ -352,28 +324,22 @@ class RunManager:
             outcome.state,
             {"exit_code": outcome.exit_code, "reason": reason, **counts, **detail},
         )
-        self._live.pop(run.id, None)
-        if self._active_by_task.get(run.task.address) is run:
-            del self._active_by_task[run.task.address]
-        run.finished.set()
-        log.info("run finished", run_id=run.id, task=run.task.address, state=outcome.state)
-
-    def _tidy_run_dir(self, run: LiveRun) -> None:
-        """Drop an executeFromRoot copy; mask secrets in the executed notebook kept for the user."""
-        run_dir = self._run_dir(run)
-        shutil.rmtree(run_dir / "root-copy", ignore_errors=True)
-        if run.task.kind == "notebook":  # left behind only by a runner that had to be killed
-            shutil.rmtree(kernel_dir(run.worker_id), ignore_errors=True)
-        output = self._output_path(run)
-        if output is not None and output.is_file() and run.link.channel.secrets:
-            output.write_text(
-                run.link.channel.redact(output.read_text(encoding="utf-8")), encoding="utf-8"
+        await self.pipeline.write(
+            lambda: self.store.update_run(
+                run.id,
+                state=outcome.state,
+                ended_at=time.time(),
+                exit_code=outcome.exit_code,
+                reason=reason,
+                **counts,
             )
+        )
 
     # -- daemon lifecycle ------------------------------------------------------
 
     async def reconcile(self) -> int:
-        """Mark runs a previous daemon left unfinished as lost; kill their orphans."""
+        """Mark runs a previous daemon left unfinished as lost; kill their orphans and mask
+        secrets in a notebook an orphaned runner left."""
         lost = await self.store.unfinished_runs()
         for record in lost:
             run_id = record["id"]
@@ -382,27 +348,41 @@ class RunManager:
             orphans = spawn.kill_marked(f"{wire.ENV_WORKER_ID}={worker_id}") if worker_id else 0
             if orphans:
                 reason += f"; {orphans} orphaned worker process(es) killed"
-            await self.store.update_run(
-                run_id, state=State.LOST, ended_at=time.time(), reason=reason
-            )
-            channel = RunChannel(run_id, record["task_id"])
+            secrets = self._secrets_of(record["task_id"])
+            if record["output"]:  # an orphaned runner may have written it unmasked
+                mask_notebook(Path(record["output"]), Redactor(secrets))
+            channel = RunChannel(run_id, record["task_id"], secrets)
             channel.last_seq = await self.store.max_seq(run_id)
             self.pipeline.emit(
                 channel, Kind.STATE, {"state": State.LOST, "reason": reason}, time.time()
             )
+            await self.pipeline.write(
+                lambda run_id=run_id, reason=reason: self.store.update_run(
+                    run_id, state=State.LOST, ended_at=time.time(), reason=reason
+                )
+            )
         return len(lost)
+
+    def _secrets_of(self, address: str) -> tuple[str, ...]:
+        """The secrets a task's runs see under the current config (none if it is gone)."""
+        task = self.config.tasks.get(address)
+        return tuple(secret_values(self.config, task)) if task is not None else ()
 
     async def shutdown(self, reason: str = "duftd is shutting down") -> None:
         """Refuse new runs, cancel every live one and wait until each is recorded."""
         self._accepting = False
+        try:
+            await asyncio.wait_for(self._stop_all(reason), self.cancel_grace_s + SHUTDOWN_RECORD_S)
+        except TimeoutError:
+            log.error("stopping without recording every run: the store cannot take it now")
+        for pool in self._spares.values():
+            await pool.close()
+
+    async def _stop_all(self, reason: str) -> None:
         for run in list(self._live.values()):
             await self.cancel(run.id, reason)
         runs = [run.finished.wait() for run in self._live.values()]
-        if runs:
-            await asyncio.gather(*runs)
-        for pool in self._spares.values():
-            await pool.close()
-        await self.pipeline.drained()
+        await asyncio.gather(*runs, self.pipeline.drained())
 
     def reload(self, config: LoadedConfig) -> None:
         """Use a new config for new submissions; live runs keep the spec they started with."""

@@ -380,11 +380,13 @@ function finish(data) {
   const warnings = Number(data.warning_count || 0);
   const outcome = $("run-outcome");
   let text;
-  if (data.state === "succeeded" && errors > 0) {
+  const lost = Number(data.events_lost || 0);
+  if (data.state === "succeeded" && (errors > 0 || lost > 0)) {
     const badge = $("run-state");
     badge.textContent = "finished with errors";
     badge.className = "badge with-errors";
     text = `Finished with errors: ${errors} error(s), ${warnings} warning(s) were logged.`;
+    if (lost) text += ` ${lost} event(s) could not be stored.`;
   } else if (data.state === "succeeded") {
     text = warnings ? `Succeeded with ${warnings} warning(s).` : "Succeeded.";
   } else {
@@ -429,7 +431,7 @@ async function loadHistory() {
     name.textContent = `#${run.id} ${run.task_id}`;
     name.title = `${when}\nrequested by ${run.requested_by}`;
     const badge = document.createElement("span");
-    const withErrors = run.state === "succeeded" && run.error_count > 0;
+    const withErrors = run.state === "succeeded" && (run.error_count > 0 || run.events_lost > 0);
     badge.className = `badge ${withErrors ? "with-errors" : run.state}`;
     badge.textContent = withErrors ? "with errors" : run.state;
     button.append(name, badge);

@@ -1,0 +1,183 @@
+"""A worker's durable event channel: records written straight into a pipe duftd reads.
+
+duftd creates one pipe per worker process and keeps its reading end; the worker is
+started holding the writing end. Each event is one record, a line of JSON
+``[kind, ts, data]`` (JSON has no raw newline), written with a synchronous ``os.write``
+under a per-process lock. When :meth:`EventChannel.emit` returns, the bytes are in the
+kernel's pipe buffer, which belongs to duftd: whatever the process does next (``os._exit``,
+SIGKILL, a crash of the interpreter) they are read and stored. A full pipe blocks the
+writer: a task that logs faster than duftd stores is slowed down, never cut short.
+
+The task's own ``sys.stdout``/``sys.stderr`` writes go through the same channel
+(:class:`ChannelStream`), so a log line and a traceback are stored in the order the task
+wrote them. Output written to file descriptors 1 and 2 directly (a subprocess, a C
+library) still reaches duftd through the worker's stdout and stderr pipes.
+
+Standard library only: task code imports this.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from dte_tools.wire import Kind
+
+# duftd refuses (and counts as lost) a longer record; longer text fields are cut first.
+MAX_RECORD_BYTES = 1024 * 1024
+# A longer text field of one event is cut to this; even JSON-escaped (6 bytes a character
+# at worst) the record stays under MAX_RECORD_BYTES.
+MAX_FIELD_CHARS = MAX_RECORD_BYTES // 8
+# A longer stdout/stderr line is sent in pieces of this many characters.
+LINE_PIECE_CHARS = 64 * 1024
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_string = json.encoder.encode_basestring_ascii
+
+
+def encode_record(kind: str, data: dict[str, Any]) -> bytes:
+    """One framed record; an over-long text field is cut to its head and a note.
+
+    ``kind`` is one of :class:`Kind`'s names (no character JSON would escape), so only the
+    data goes through the encoder: the record is built about twice as fast."""
+    record = f'["{kind}",{time.time()!r},{_encode(data)}]\n'.encode()
+    if len(record) <= MAX_RECORD_BYTES:
+        return record
+    cut = {key: cut_field(value) for key, value in data.items()}
+    record = f'["{kind}",{time.time()!r},{_ENCODER.encode(cut)}]\n'.encode()
+    if len(record) <= MAX_RECORD_BYTES:
+        return record
+    # Large non-text data: say so rather than send what duftd would refuse.
+    note = {"message": f"a {kind} event of {len(record)} bytes was too large to send"}
+    return f'["{Kind.NOTICE}",{time.time()!r},{_ENCODER.encode(note)}]\n'.encode()
+
+
+def _encode(data: dict[str, Any]) -> str:
+    """JSON of an event's data; all-text data (log lines, output) without the encoder's
+    per-call cost, which dominated a task's log call."""
+    if all(type(value) is str for value in data.values()):
+        return "{" + ",".join(f"{_string(k)}:{_string(v)}" for k, v in data.items()) + "}"
+    return _ENCODER.encode(data)
+
+
+def cut_field(value: Any) -> Any:
+    """A text field short enough to travel (its head and a note), anything else as it is."""
+    if not isinstance(value, str) or len(value) <= MAX_FIELD_CHARS:
+        return value
+    return f"{value[:MAX_FIELD_CHARS]}... [{len(value) - MAX_FIELD_CHARS} more characters cut]"
+
+
+class EventChannel:
+    """The writing end of this process's channel; ``emit`` returns once duftd holds the bytes."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.broken = False  # duftd closed its end: nobody is left to store anything
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        record = memoryview(encode_record(kind, data))
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                while record:
+                    record = record[os.write(self._fd, record) :]
+            except (BrokenPipeError, OSError):
+                self.broken = True
+
+    def after_fork(self) -> None:
+        """A forked child gets a fresh lock (the parent's may have been held by another thread)."""
+        self._lock = threading.Lock()
+
+
+class ChannelStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a task: each line becomes a stdout/stderr event on the
+    channel, in order with the task's log lines; a partial line is sent when flushed."""
+
+    def __init__(self, channel: EventChannel, kind: str, original: io.TextIOBase) -> None:
+        super().__init__()
+        self._channel = channel
+        self._kind = kind
+        self._original = original
+        self._partial: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def buffer(self) -> Any:
+        """Bytes written here go to the file descriptor (and duftd's output pipe) directly."""
+        return self._original.buffer  # type: ignore[attr-defined]
+
+    def fileno(self) -> int:
+        return self._original.fileno()
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "strict"
+
+    def isatty(self) -> bool:
+        return False
+
+    def reconfigure(self, **options: Any) -> None:
+        """Accepted and ignored (tasks call ``sys.stdout.reconfigure(encoding="utf-8")``):
+        lines always travel as text, line by line."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if "\n" not in text:
+                if text:
+                    self._partial.append(text)
+                if sum(map(len, self._partial)) > LINE_PIECE_CHARS:
+                    self._send("".join(self._partial))
+                    self._partial.clear()
+                return len(text)
+            head, *middle, tail = text.split("\n")
+            self._send("".join([*self._partial, head]))
+            for line in middle:
+                self._send(line)
+            self._partial = [tail] if tail else []
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._send("".join(self._partial))
+                self._partial.clear()
+
+    def _send(self, line: str) -> None:
+        line = line.rstrip("\r")
+        for start in range(0, max(len(line), 1), LINE_PIECE_CHARS):
+            self._channel.emit(self._kind, {"text": line[start : start + LINE_PIECE_CHARS]})
+
+
+_current: EventChannel | None = None
+
+
+def adopt(fd: int, capture_output: bool) -> EventChannel:
+    """Make ``fd`` this process's channel (closed on exec: a program the task starts does not
+    hold it); with ``capture_output``, route ``sys.stdout``/``sys.stderr`` through it."""
+    global _current
+    os.set_inheritable(fd, False)
+    _current = EventChannel(fd)
+    os.register_at_fork(after_in_child=_current.after_fork)
+    if capture_output:
+        sys.stdout = ChannelStream(_current, Kind.STDOUT, sys.stdout)  # type: ignore[arg-type]
+        sys.stderr = ChannelStream(_current, Kind.STDERR, sys.stderr)  # type: ignore[arg-type]
+    return _current
+
+
+def current() -> EventChannel | None:
+    """This process's channel, if duftd gave it one."""
+    return _current

@@ -1,0 +1,187 @@
+"""Worker processes: started with their pipes, then handed exactly one run.
+
+Every worker (a script worker, or a notebook runner with its kernel) is started the same
+way, before or when its run is known, and reads its job (:mod:`dte_tools.job`) on stdin.
+A warm spare is simply a worker started ahead of need: a fresh script worker spends
+~30 ms importing pyzmq before the task's first line runs, and a notebook runner ~0.5 s
+waiting for its kernel to be ready. A worker is never reused: it runs one task and exits,
+and the next spare is started at once.
+
+duftd creates each worker's pipes and keeps their reading ends: stdout, stderr, and one
+durable event channel per process that reports events (the worker, and a notebook's
+kernel). The worker is started holding the writing ends; duftd closes its own copies, so
+a pipe reaches its end exactly when every process holding it is gone.
+
+A worker's environment holds what is known in advance (endpoints, config folder, its
+worker id); the run's id and token arrive with its job, never on a command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from dte_tools.job import Job
+from dte_tools.wire import ENV_WORKER_ID
+from duftd import spawn
+
+log = structlog.get_logger("duftd.workers")
+
+SCRIPT_WORKER = [sys.executable, "-m", "dte_tools.spare"]
+NOTEBOOK_RUNNER = [sys.executable, "-m", "duftd.notebook.runner"]
+# Bigger pipes mean fewer wake-ups for a task that logs fast (1 MiB is Linux's default
+# ceiling for an unprivileged process).
+CHANNEL_PIPE_BYTES = 1024 * 1024
+
+
+def new_worker_id() -> str:
+    return secrets.token_hex(8)
+
+
+def kernel_dir(worker_id: str) -> Path:
+    """A notebook worker's kernel folder (IPC sockets, the connection file with the kernel's
+    key): short, since socket paths are limited, and named after the worker id so that
+    duftd can remove it when it had to kill the runner."""
+    digest = hashlib.sha256(worker_id.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"duftd-kernel-{digest}"
+
+
+@dataclass(eq=False)
+class Worker:
+    """A started worker waiting for its job, with the reading ends of its pipes."""
+
+    kind: str  # "script" or "notebook"
+    process: asyncio.subprocess.Process
+    worker_id: str
+    stdout: int
+    stderr: int
+    channels: list[int] = field(default_factory=list)
+
+    @property
+    def marker(self) -> str:
+        """An environment entry only this worker's processes have."""
+        return f"{ENV_WORKER_ID}={self.worker_id}"
+
+    async def assign(self, job: Job) -> None:
+        """Hand the worker its run: one JSON line on stdin, then end of input."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(job.encode())
+        await stdin.drain()
+        stdin.close()
+
+    def pipes(self) -> list[int]:
+        """Reading ends, handed over to whoever reads them (which closes them)."""
+        return [self.stdout, self.stderr, *self.channels]
+
+    def close_pipes(self) -> None:
+        for fd in self.pipes():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def discard(self) -> None:
+        """End a worker that will never get its job (its processes, pipes and folder)."""
+        spawn.kill_marked(self.marker)
+        self.close_pipes()
+        self.tidy()
+
+    def tidy(self) -> None:
+        """Remove what a killed worker could not (its kernel folder)."""
+        if self.kind == "notebook":
+            shutil.rmtree(kernel_dir(self.worker_id), ignore_errors=True)
+
+
+def _pipe(size: int | None = None) -> tuple[int, int]:
+    read, write = os.pipe2(os.O_CLOEXEC)
+    if size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, size)
+    return read, write
+
+
+async def start_worker(kind: str, env: dict[str, str], cwd: Path) -> Worker:
+    """Start a worker of ``kind``; it waits for its job on stdin."""
+    worker_id = new_worker_id()
+    out, err = _pipe(), _pipe()
+    channels = [_pipe(CHANNEL_PIPE_BYTES) for _ in range(2 if kind == "notebook" else 1)]
+    writers = [end for _, end in channels]
+    argv = [*SCRIPT_WORKER, str(writers[0])]
+    if kind == "notebook":
+        argv = [*NOTEBOOK_RUNNER, str(kernel_dir(worker_id)), *map(str, writers)]
+    try:
+        process = await spawn.start_worker(
+            argv,
+            cwd,
+            {**env, ENV_WORKER_ID: worker_id},
+            stdout=out[1],
+            stderr=err[1],
+            pass_fds=tuple(writers),
+        )
+    except OSError:
+        for fd in (out[0], err[0], *(read for read, _ in channels)):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (out[1], err[1], *writers):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return Worker(kind, process, worker_id, out[0], err[0], [read for read, _ in channels])
+
+
+class SparePool:
+    """Keeps one worker of one kind started ahead of need (when enabled)."""
+
+    def __init__(self, kind: str, env: dict[str, str], cwd: Path, enabled: bool) -> None:
+        self._kind = kind
+        self._env = env
+        self._cwd = cwd
+        self.enabled = enabled
+        self._spare: Worker | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start a spare in the background unless one is ready or on its way."""
+        if self.enabled and self._spare is None and self._starting is None:
+            self._starting = asyncio.create_task(self._start())
+
+    async def _start(self) -> None:
+        try:
+            self._spare = await start_worker(self._kind, self._env, self._cwd)
+        except OSError as error:
+            log.warning("could not start a spare worker", error=str(error))
+            self.enabled = False
+        finally:
+            self._starting = None
+
+    def take(self) -> Worker | None:
+        """The ready spare (None if there is none), and a new one on its way."""
+        spare, self._spare = self._spare, None
+        self.start()
+        if spare is not None and spare.process.returncode is None:
+            return spare
+        if spare is not None:
+            spare.close_pipes()
+        return None
+
+    async def close(self) -> None:
+        """Stop the spare (and any kernel it started) when the daemon stops."""
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await self._starting
+        spare, self._spare = self._spare, None
+        self.enabled = False
+        if spare is None:
+            return
+        spare.discard()  # the spare and any kernel it started carry its worker id
+        await spawn.wait_exit(spare.process)
