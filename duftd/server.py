@@ -15,6 +15,7 @@ import gc
 import os
 import secrets
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -24,12 +25,15 @@ from typing import IO, Any
 import structlog
 import zmq
 import zmq.asyncio
+import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from dte_tools import locate
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve
 from duftd.addresses import is_loopback
+from duftd.cluster.connect import DaskSettings, dask_settings
+from duftd.cluster.launcher import DaemonSide, DaskLauncher, RunKeys
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
 from duftd.config_reload import reload_if_replaced
@@ -64,6 +68,10 @@ class DaemonOptions:
     curve_dir: Path | None = None
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.workers)
     strict_connections: bool = False  # refuse connections a task does not declare
+    # Where runs execute (duftd.runs.launchers); None: the "launcher" setting, else local.
+    launcher: str | None = None
+    dask: DaskSettings | None = None  # --dask-scheduler and its TLS files
+    dask_data_dir: str | None = None  # a data folder every Dask worker shares, if any
 
 
 class Daemon:
@@ -82,6 +90,8 @@ class Daemon:
         # Where workers reach control and ingest: the public endpoints, or under CURVE
         # ipc endpoints in the state folder (NULL mechanism; workers never hold keys).
         self.worker_endpoints: dict[str, str] = {}
+        self.dask: DaskSettings | None = None
+        self.run_keys = RunKeys()
 
     # -- start-up --------------------------------------------------------------
 
@@ -97,6 +107,12 @@ class Daemon:
         options.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         config = self._load_config()
+        self.dask = dask_settings(options.launcher, options.dask, config.user.settings)
+        if self.dask is not None and self.curve is None:
+            raise StartupError(
+                "--launcher dask needs CURVE keys (--curve-dir): Dask workers dial back to "
+                "duftd over tcp, and only under CURVE"
+            )
         self.store = await Store.open(options.state_dir / "runs.sqlite")
         key = secrets.token_hex(32)
         sockets = self._bind()
@@ -116,6 +132,7 @@ class Daemon:
             options.max_concurrent,
             options.cancel_grace_s,
             spares=options.spares,
+            launcher=self._dask_launcher(),
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
         scheduler = Scheduler(self.manager, config)
@@ -134,7 +151,7 @@ class Daemon:
             asyncio.create_task(scheduler.run(), name="scheduler"),
         ]
         lost = await self.manager.reconcile()
-        self.manager.start_spares()
+        self.manager.launcher.start()
         # Everything loaded so far lives as long as the daemon: keep it out of the cyclic
         # collector's full passes, which otherwise stall the loop for tens of milliseconds
         # while events stream (seen as control-latency spikes in `make bench`).
@@ -203,7 +220,12 @@ class Daemon:
             # NULL peers (the ipc endpoints below) are not sent to it: no ZAP domain is set.
             self._authenticator = AsyncioAuthenticator(self.context)
             self._authenticator.start()
-            self._authenticator.configure_curve(domain="*", location=str(keys.clients_dir))
+            if self.dask is not None:  # the clients, and one key per run on the cluster
+                clients = zmq.auth.load_certificates(str(keys.clients_dir))
+                self.run_keys = RunKeys(clients=set(clients))
+                self._authenticator.configure_curve_callback("*", self.run_keys)
+            else:
+                self._authenticator.configure_curve(domain="*", location=str(keys.clients_dir))
         kinds = {"control": zmq.ROUTER, "ingest": zmq.PULL, "events": zmq.PUB}
         sockets = {}
         for offset, (name, kind) in enumerate(kinds.items()):
@@ -250,6 +272,20 @@ class Daemon:
             ) from None
         path.chmod(0o600)
         return socket.last_endpoint.decode()
+
+    def _dask_launcher(self) -> DaskLauncher | None:
+        """The Dask launcher when runs go to a cluster (None: local workers)."""
+        if self.dask is None:
+            return None
+        assert self.pipeline is not None and self.curve is not None
+        control = self.endpoints["control"]
+        host = self.options.host
+        if host in ("0.0.0.0", "::", "*"):  # bound everywhere: give workers a dialable name
+            control = control.replace(f"//{host}:", f"//{socket.getfqdn()}:", 1)
+        daemon = DaemonSide(control, self.curve.public.decode())
+        return DaskLauncher(
+            self.dask, self.pipeline, daemon, self.run_keys, self.options.dask_data_dir
+        )
 
     # -- serving ---------------------------------------------------------------
 

@@ -93,7 +93,9 @@ class DaskCluster:
     address: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def _start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start_process(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start a ``dask`` command (or another Python program) named ``name``, its output
+        in ``<name>.log``."""
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - the process keeps it
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=environment_without_duft(),
@@ -105,7 +107,7 @@ class DaskCluster:
 
     def start_scheduler(self) -> None:
         scheduler_file = self.folder / "scheduler.json"
-        self._start(
+        self.start_process(
             "scheduler",
             [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--protocol", "tls",
              "--no-dashboard", "--scheduler-file", str(scheduler_file), *self.tls.cli_args()],
@@ -118,7 +120,7 @@ class DaskCluster:
         local = self.folder / name
         local.mkdir()
         extra = ["--resources", resources] if resources else []
-        self._start(
+        self.start_process(
             name,
             [DASK, "worker", self.address, "--name", name, "--nthreads", "1", "--no-nanny",
              "--no-dashboard", "--local-directory", str(local), *extra, *self.tls.cli_args()],

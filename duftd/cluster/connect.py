@@ -17,11 +17,16 @@ from urllib.parse import urlsplit
 
 from duftd.addresses import is_loopback
 from duftd.errors import ConfigError
+from duftd.runs.launchers import LAUNCHERS
 
 if TYPE_CHECKING:
     from distributed import Client, Future, Security
 
 SCHEMES = ("tcp", "tls")
+# The same choices in ``settings`` of user/config.json (the flags win).
+LAUNCHER_SETTING = "launcher"
+SCHEDULER_SETTING = "daskScheduler"
+INSECURE_SETTING = "daskInsecure"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,28 @@ class DaskSettings:
     @property
     def uses_tls(self) -> bool:
         return self.scheduler.startswith("tls://")
+
+
+def dask_settings(
+    launcher: str | None, given: DaskSettings | None, settings: dict[str, Any]
+) -> DaskSettings | None:
+    """The cluster runs go to: from the flags, else from ``settings`` of user/config.json
+    (``"launcher": "dask"``, ``"daskScheduler"``, ``"daskInsecure"``); None for local."""
+    name = launcher or settings.get(LAUNCHER_SETTING) or "local"
+    if name not in LAUNCHERS:
+        raise ConfigError(f"launcher {name!r} is unknown: use {' or '.join(LAUNCHERS)}")
+    if name == "local":
+        return None
+    if given is None:
+        address = settings.get(SCHEDULER_SETTING)
+        if not isinstance(address, str) or not address:
+            raise ConfigError(
+                f"--launcher dask needs --dask-scheduler ADDRESS (or {SCHEDULER_SETTING!r} in "
+                "settings of user/config.json)"
+            )
+        given = DaskSettings(address, insecure=settings.get(INSECURE_SETTING) is True)
+    check_scheduler(given)
+    return given
 
 
 def check_scheduler(settings: DaskSettings) -> None:
