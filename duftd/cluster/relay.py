@@ -21,10 +21,10 @@ import contextlib
 import json
 import secrets
 import shutil
-import signal
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,14 @@ import zmq.asyncio
 from dte_tools import wire
 from dte_tools.daemon_link import ControlClient, DaemonError
 from dte_tools.job import Job
-from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, Op, run_signer, verify
+from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, Op, State, run_signer, verify
 from duftd import spawn
 from duftd.cluster import bundle
-from duftd.ingest import RunInput, RunLink, accept
+from duftd.ingest import RunLink, accept
 from duftd.pipeline import RunChannel
 from duftd.runs.root_layout import prepare_root_copy
-from duftd.runs.workers import Worker, start_worker
+from duftd.runs.supervisor import Limits, RunSupervisor
+from duftd.runs.workers import start_worker
 
 # A heartbeat at least this often; duftd marks a run lost after some beats are missed.
 BEAT_S = 0.5
@@ -115,15 +116,15 @@ class Relay:
         self._queue = ForwardQueue()
         self._link = RunLink(token, RunChannel(run_id, ""))
         self._batch = 0
-        self.stop_requested = asyncio.Event()
+        self._stop: Callable[[str, str], None] = lambda state, reason: None
         self.lost_link: str | None = None  # why duftd could not be reached, if it could not
 
     async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         return await asyncio.to_thread(self._control.request, op, args)
 
     async def run(self, kind: str, job: Job, grace_s: float) -> dict[str, Any]:
-        """Start the worker with ``job``, relay until its pipes end; exit code and how it
-        was stopped."""
+        """Start the worker with ``job`` and supervise it as duftd does at home, relaying
+        until its pipes end; its exit code and how it was stopped."""
         folder = Path(tempfile.mkdtemp(prefix="duftd-relay-"))  # 0700: ipc paths stay short
         proxy = asyncio.create_task(self._proxy(folder))
         try:
@@ -132,16 +133,18 @@ class Relay:
             )
             job = replace(job, env={**job.env, **_endpoints(env)})
             worker = await start_worker(kind, env, Path(job.cwd))
-            reader = RunInput(self._queue, self._link)  # type: ignore[arg-type]
-            reader.start(worker.stdout, worker.stderr, worker.channels)
+            queue = self._queue
+            supervisor = RunSupervisor(worker, Limits(None, grace_s), queue, self._link)  # type: ignore[arg-type]
+            self._stop = supervisor.stop
             sender = asyncio.create_task(self._send())
-            await worker.assign(job)
-            code, stopped_by = await self._wait(worker, grace_s)
-            await reader.settled()
-            reader.close()
-            worker.tidy()
+            await supervisor.start(job)
+            outcome = await supervisor.wait()
             await self._finish(sender)
-            return {"exit_code": code, "stopped_by": stopped_by, "lost_link": self.lost_link}
+            return {
+                "exit_code": outcome.exit_code,
+                "stopped_by": supervisor.stopped_by,
+                "lost_link": self.lost_link,
+            }
         finally:
             proxy.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,23 +152,6 @@ class Relay:
             self._control.close()
             self._context.destroy(linger=0)
             shutil.rmtree(folder, ignore_errors=True)
-
-    async def _wait(self, worker: Worker, grace_s: float) -> tuple[int, str | None]:
-        exited = asyncio.create_task(spawn.wait_exit(worker.process))
-        stop = asyncio.create_task(self.stop_requested.wait())
-        await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        stopped_by = None
-        if not exited.done():
-            stopped_by = "SIGTERM"
-            spawn.signal_group(worker.process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(exited), grace_s)
-            except TimeoutError:
-                stopped_by = "SIGKILL"
-        spawn.signal_group(worker.process.pid, signal.SIGKILL)
-        spawn.kill_marked(worker.marker)
-        return await exited, stopped_by
 
     async def _send(self) -> None:
         """Send batches (or a heartbeat) until cancelled; each kept until acknowledged."""
@@ -202,10 +188,10 @@ class Relay:
                 if error.code == "timeout" and time.monotonic() - since < GIVE_UP_S:
                     continue  # the same batch again: duftd takes each number once
                 self.lost_link = f"duftd could not be reached: {error}"
-                self.stop_requested.set()
+                self._stop(State.FAILED, self.lost_link)
                 return False
             if reply.get("stop"):
-                self.stop_requested.set()
+                self._stop(State.CANCELLED, "duftd stopped the run")
             return True
 
     async def _proxy(self, folder: Path) -> None:
