@@ -115,6 +115,7 @@ def daemon(
         "name": {"defaultValue": "world", "allowOverride": True}})  # fmt: skip
     add_script_task(config, "FAILS", FAILS)
     add_script_task(config, "HANGS", HANGS)
+    add_script_task(config, "SLOW", HANGS, timeoutSeconds=2)
     add_script_task(config, "ROOT", FROM_ROOT, executeFromRoot=True)
     add_script_task(config, "BIG", HELLO, resources={"memory_gb": 8})
     add_script_task(config, "BARE", HELLO, resources={"bare": 1})
@@ -224,6 +225,16 @@ def test_cancel_kills_the_remote_tree(daemon: DaemonProcess) -> None:
     daemon.request("cancel", run=run["id"])
     final = daemon.wait_final(run["id"], 60)
     assert final["state"] == State.CANCELLED, final
+    wait_gone(pids)
+
+
+def test_a_timeout_kills_the_remote_tree(daemon: DaemonProcess) -> None:
+    """A run on a Dask worker that outlives its timeoutSeconds fails with the timeout as
+    its reason, and its process tree there is gone."""
+    run = daemon.submit("SLOW")["run"]
+    pids = [int(p) for p in wait_log(daemon, run["id"], "pids ").split()[1:]]
+    final = daemon.wait_final(run["id"], 60)
+    assert final["state"] == State.FAILED and "timed out after 2 s" in final["reason"]
     wait_gone(pids)
 
 
