@@ -96,9 +96,9 @@ class DaemonBackend:
     """Under duftd: fetch the run's resolved values over control; events go into the
     process's durable channel (:mod:`dte_tools.channel`).
 
-    A process of the run that was not given a channel (a program the task started, which
-    inherits the run's environment but not the channel) sends its events to the signed
-    ingest socket instead; those are stored only while the run is live.
+    A process of the run that has no channel (a program the task started, once the
+    process holding the channel is gone) sends its events to the signed ingest socket
+    instead; those are stored only while the run is live.
     """
 
     def __init__(self, run_id: str, token: bytes, control: str, ingest: str) -> None:

@@ -59,6 +59,9 @@ ENV_RUN_TOKEN = "DUFT_RUN_TOKEN"
 # Set when a worker process starts (a spare starts before its run is known): every process
 # of a run inherits it, so duftd can find and stop them all.
 ENV_WORKER_ID = "DUFT_WORKER_ID"
+# Where a program the task starts opens the task's event channel: ``/proc/<pid>/fd/<fd>``
+# of the process that holds it, and the pipe's inode (dte_tools.channel).
+ENV_CHANNEL = "DUFT_EVENT_CHANNEL"
 ENV_CONTROL = "DUFT_CONTROL_ENDPOINT"
 ENV_INGEST = "DUFT_INGEST_ENDPOINT"
 ENV_CONFIG_DIR = "DUFT_CONFIG_DIR"
