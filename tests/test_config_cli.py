@@ -110,6 +110,7 @@ def test_set_connection_rewrites_the_file_atomically_and_keeps_everything_else(
     path = user_file(public_config)
     path.chmod(0o640)
     before, inode = path.read_text(encoding="utf-8"), path.stat().st_ino
+    files_before = sorted(p.name for p in path.parent.iterdir())
 
     result = set_connection(
         public_config, cli_env(tmp_path), "ANA", "server=db.example", "database=analytics"
@@ -129,7 +130,7 @@ def test_set_connection_rewrites_the_file_atomically_and_keeps_everything_else(
         '+       "database": "analytics",',
     ]
     assert path.stat().st_ino != inode and stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == files_before  # no temporary left
     assert "password unchanged (no terminal" in result.stdout
     assert "server=db.example" in result.stdout and "no duftd running" in result.stdout
     assert OLD_PASSWORD not in result.stdout + result.stderr
