@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -55,19 +55,37 @@ def is_secret_key(key: str) -> bool:
     return _SECRET_KEY.search(key) is not None
 
 
-def secret_values(values: Mapping[str, Any], password_fields: Iterable[str] = ()) -> set[str]:
-    """The secrets among one connection's values: its password fields and secret-looking
-    keys, as text; values too short to be masked are left out (see the module's doc)."""
+def _secret_items(
+    values: Mapping[str, Any], password_fields: Iterable[str]
+) -> Iterator[tuple[str, str]]:
+    """(key, value as text) of each non-empty secret among one connection's values: its
+    password fields and secret-looking keys; a number counts, as its text."""
     fields = set(password_fields)
-    found = set()
     for key, value in values.items():
         if key not in fields and not is_secret_key(key):
             continue
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
-        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
-            found.add(value)
-    return found
+        if isinstance(value, str) and value:
+            yield key, value
+
+
+def secret_values(values: Mapping[str, Any], password_fields: Iterable[str] = ()) -> set[str]:
+    """The secrets among one connection's values, leaving out those too short to mask."""
+    return {
+        value
+        for _, value in _secret_items(values, password_fields)
+        if len(value) >= MIN_SECRET_LENGTH
+    }
+
+
+def short_secrets(values: Mapping[str, Any], password_fields: Iterable[str] = ()) -> list[str]:
+    """Keys of secret values too short to be masked (the config loader warns about them)."""
+    return [
+        key
+        for key, value in _secret_items(values, password_fields)
+        if len(value) < MIN_SECRET_LENGTH
+    ]
 
 
 def is_common_word(secret: str) -> bool:

@@ -50,6 +50,8 @@ RUN_SIGNER_PREFIX = b"run:"
 TOPIC_PREFIX = b"ev/"
 # A larger message gets an error reply (control) or is dropped and counted (ingest).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Longest name (task address, connection id...) a request may carry.
+MAX_NAME_LENGTH = 200
 # libzmq disconnects a peer sending more than this (ZMQ_MAXMSGSIZE) before Python sees it.
 HARD_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -64,11 +66,6 @@ ENV_INGEST = "DUFT_INGEST_ENDPOINT"
 ENV_CONFIG_DIR = "DUFT_CONFIG_DIR"
 ENV_STATE_DIR = "DUFT_STATE_DIR"
 ENV_DATA_DIR = "DUFT_DATA_DIR"
-
-
-# Connection value keys treated as secret even when not declared as ``password`` params.
-SECRET_KEY_PATTERN = r"password|passwd|pwd|secret|token|api[_-]?key"
-MASK = "********"
 
 
 class Op:
