@@ -34,7 +34,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from dte_tools import locate
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
-from duftd import __version__, connection_file, curve
+from duftd import __version__, connection_file, curve, spawn
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
 from duftd.control import ControlServer
@@ -145,6 +145,7 @@ class Daemon:
                 entries=tightened,
             )
         self._take_lock()
+        log.info("run containment", mechanism=spawn.contain_workers())
         config = self._load_config()
         self.store = await Store.open(options.state_dir / "runs.sqlite")
         key = secrets.token_hex(32)
@@ -347,6 +348,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
+        spawn.release_containment()
         if self._authenticator is not None:
             self._authenticator.stop()
         self.context.destroy(linger=0)

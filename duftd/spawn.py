@@ -1,7 +1,9 @@
 """The only place duftd starts or signals a process.
 
 Every worker gets its own session (and so its own process group), so one signal to the
-group reaches the task and everything it started, a notebook's kernel included.
+group reaches the task and everything it started; where the machine allows, each worker
+also gets its own cgroup (:mod:`duftd.containment`), which holds every process it starts
+however it detaches, so ending a run ends them all.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import os
 import signal
 from pathlib import Path
 
+from dte_tools.wire import ENV_WORKER_ID
+from duftd.containment import CgroupTree, describe
+
 # Environment passed through to workers: what programs need to behave, nothing secret.
 PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 # Workers run a little below the daemon's priority: tasks are batch work, while the
@@ -19,6 +24,22 @@ PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE",
 WORKER_NICENESS = 5
 # Longest line read from a worker's stdout/stderr before it is cut into pieces.
 LINE_LIMIT = 64 * 1024
+
+# The cgroup tree workers are contained in; chosen by contain_workers() at daemon start.
+_cgroups: CgroupTree | None = None
+
+
+def contain_workers() -> str:
+    """Choose how workers are contained (once, at start); returns what was chosen."""
+    global _cgroups
+    _cgroups = CgroupTree.find()
+    return describe(_cgroups)
+
+
+def release_containment() -> None:
+    """Remove the (empty) cgroups this daemon made, at its stop."""
+    if _cgroups is not None:
+        _cgroups.close()
 
 
 def worker_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -44,6 +65,9 @@ async def start_worker(
         start_new_session=True,
         limit=LINE_LIMIT,
     )
+    # Python has not run a line of the task yet, so nothing it starts can be outside.
+    if _cgroups is not None and ENV_WORKER_ID in env:
+        _cgroups.adopt(env[ENV_WORKER_ID], process.pid)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)
     return process
@@ -106,7 +130,8 @@ def processes_with_env(entry: str) -> list[int]:
     """Pids of processes whose environment holds exactly ``entry`` (``NAME=value``).
 
     Every process of a run inherits its worker id, even one that left the run's process
-    group (a Jupyter kernel starts its own session), so this finds them all.
+    group (a Jupyter kernel starts its own session), unless it scrubbed its environment:
+    the cgroup is what finds those.
     """
     needle = b"\0" + entry.encode() + b"\0"
     found = []
@@ -116,12 +141,14 @@ def processes_with_env(entry: str) -> list[int]:
     return found
 
 
-def kill_marked(entry: str) -> int:
-    """SIGKILL every process (and its group) whose environment holds ``entry``."""
-    pids = processes_with_env(entry)
-    for pid in pids:
+def kill_worker(worker_id: str) -> int:
+    """SIGKILL every process of a worker: all of its cgroup, and any process (with its
+    group) carrying its marker; returns how many there were."""
+    contained = _cgroups.kill(worker_id) if _cgroups is not None else set()
+    marked = processes_with_env(f"{ENV_WORKER_ID}={worker_id}")
+    for pid in marked:
         try:
             signal_group(os.getpgid(pid), signal.SIGKILL)
         except ProcessLookupError:
             continue
-    return len(pids)
+    return len(contained | set(marked))

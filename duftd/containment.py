@@ -1,0 +1,114 @@
+"""Keeping every process of a run together, so that ending the run ends them all.
+
+A task's child can leave the run's process group (``setsid``, ``start_new_session=True``)
+and drop the ``DUFT_WORKER_ID`` marker from its environment; neither the group nor the
+marker finds it then. A cgroup does: every process a worker starts stays in the worker's
+cgroup whatever it does, and writing ``1`` to ``cgroup.kill`` SIGKILLs them all at once.
+
+Where the machine has a writable cgroup v2 hierarchy (found in ``/proc/mounts``), each
+worker gets its own cgroup, ``<the daemon's cgroup>/duftd/<worker id>``, right after it
+starts: a warm spare at its start, so the run it is later handed is contained too. The
+move happens before the new Python interpreter has run any task code, so nothing it
+starts can escape. Elsewhere (no cgroup v2, or no right to write there) runs are found by
+their process group and marker only, and duftd says so at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("duftd.containment")
+
+FOLDER = "duftd"
+
+
+def cgroup2_mount(mounts: str) -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted, from the text of ``/proc/mounts``."""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+def own_cgroup(proc_cgroup: str) -> str:
+    """This process's cgroup v2 path (``0::/path`` in ``/proc/self/cgroup``)."""
+    for line in proc_cgroup.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return "/"
+
+
+class CgroupTree:
+    """One cgroup per worker under a folder of the daemon's own cgroup."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._leftover: set[Path] = set()  # killed cgroups not yet empty enough to remove
+
+    @classmethod
+    def find(cls) -> CgroupTree | None:
+        """The tree, where this machine lets us make and kill cgroups; else None."""
+        try:
+            mount = cgroup2_mount(Path("/proc/mounts").read_text(encoding="utf-8"))
+            if mount is None:
+                return None
+            own = own_cgroup(Path("/proc/self/cgroup").read_text(encoding="utf-8"))
+            base = mount / own.lstrip("/") / FOLDER
+            base.mkdir(exist_ok=True)
+        except OSError:
+            return None
+        if not (base / "cgroup.kill").exists():  # Linux before 5.14 cannot kill a cgroup
+            return None
+        return cls(base)
+
+    def adopt(self, worker_id: str, pid: int) -> None:
+        """Move ``pid`` into the worker's own cgroup (made here)."""
+        group = self.base / worker_id
+        try:
+            group.mkdir(exist_ok=True)
+            (group / "cgroup.procs").write_text(str(pid), encoding="ascii")
+        except OSError as error:
+            log.warning("could not contain a worker in a cgroup", pid=pid, error=str(error))
+
+    def kill(self, worker_id: str) -> set[int]:
+        """SIGKILL every process in the worker's cgroup; returns the pids it held."""
+        group = self.base / worker_id
+        try:
+            pids = {int(p) for p in (group / "cgroup.procs").read_text().split()}
+        except (OSError, ValueError):
+            pids = set()
+        if pids:
+            with contextlib.suppress(OSError):
+                (group / "cgroup.kill").write_text("1", encoding="ascii")
+        if group.exists():
+            self._leftover.add(group)
+        self.sweep()
+        return pids
+
+    def sweep(self) -> None:
+        """Remove the killed cgroups whose processes are all gone (the kernel refuses
+        to remove one that still holds a process, so the rest wait for the next sweep)."""
+        for group in list(self._leftover):
+            try:
+                group.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            self._leftover.discard(group)
+
+    def close(self) -> None:
+        self.sweep()
+        with contextlib.suppress(OSError):  # other daemons on this machine may use it
+            self.base.rmdir()
+
+
+def describe(tree: CgroupTree | None) -> str:
+    """How runs are contained, for duftd's start-up log line."""
+    if tree is None:
+        return "process group and worker marker only (no writable cgroup v2 here)"
+    return f"cgroup v2 per worker under {tree.base}"
