@@ -16,6 +16,7 @@ their process group and marker only, and duftd says so at start.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import structlog
@@ -23,6 +24,9 @@ import structlog
 log = structlog.get_logger("duftd.containment")
 
 FOLDER = "duftd"
+# How long a stopping daemon waits for killed processes to be gone, so that it can remove
+# their cgroups.
+CLOSE_WAIT_S = 1.0
 
 
 def cgroup2_mount(mounts: str) -> Path | None:
@@ -69,7 +73,8 @@ class CgroupTree:
         """Move ``pid`` into the worker's own cgroup (made here)."""
         group = self.base / worker_id
         try:
-            group.mkdir(exist_ok=True)
+            # parents: another daemon on this machine may have just removed the shared base.
+            group.mkdir(parents=True, exist_ok=True)
             (group / "cgroup.procs").write_text(str(pid), encoding="ascii")
         except OSError as error:
             log.warning("could not contain a worker in a cgroup", pid=pid, error=str(error))
@@ -102,8 +107,14 @@ class CgroupTree:
             self._leftover.discard(group)
 
     def close(self) -> None:
+        """Remove the cgroups of killed workers (waiting a moment for their processes to
+        be gone) and the base, unless another daemon on this machine still uses it."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
         self.sweep()
-        with contextlib.suppress(OSError):  # other daemons on this machine may use it
+        while self._leftover and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait-ok: polling interval of a bounded wait
+            self.sweep()
+        with contextlib.suppress(OSError):
             self.base.rmdir()
 
 
