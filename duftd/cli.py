@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
+        "--containment",
+        choices=["auto", "subreaper"],
+        default="auto",
+        help="how a run's processes are kept together so they all end with it: auto (a "
+        "cgroup per worker where the machine allows, else a subreaper launcher) or subreaper",
+    )
+    parser.add_argument(
         "--no-spares",
         action="store_true",
         help="start every worker cold instead of keeping a warm one of each kind ready",
@@ -88,6 +95,7 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         retention_runs=args.retention_runs or None,
         curve_dir=args.curve_dir,
         spares=not args.no_spares,
+        containment=args.containment,
     )
 
 

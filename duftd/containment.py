@@ -9,8 +9,8 @@ Where the machine has a writable cgroup v2 hierarchy (found in ``/proc/mounts``)
 worker gets its own cgroup, ``<the daemon's cgroup>/duftd/<worker id>``, right after it
 starts: a warm spare at its start, so the run it is later handed is contained too. The
 move happens before the new Python interpreter has run any task code, so nothing it
-starts can escape. Elsewhere (no cgroup v2, or no right to write there) runs are found by
-their process group and marker only, and duftd says so at start.
+starts can escape. Elsewhere (no cgroup v2, or no right to write there) each worker runs
+under a subreaper launcher instead (:mod:`duftd.reaper`), and duftd says which at start.
 """
 
 from __future__ import annotations
@@ -116,10 +116,3 @@ class CgroupTree:
             self.sweep()
         with contextlib.suppress(OSError):
             self.base.rmdir()
-
-
-def describe(tree: CgroupTree | None) -> str:
-    """How runs are contained, for duftd's start-up log line."""
-    if tree is None:
-        return "process group and worker marker only (no writable cgroup v2 here)"
-    return f"cgroup v2 per worker under {tree.base}"

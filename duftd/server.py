@@ -72,6 +72,7 @@ class DaemonOptions:
     retention_runs: int | None = 500
     curve_dir: Path | None = None
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.spares)
+    containment: str = "auto"  # or "subreaper": never cgroups (duftd.containment)
 
     @property
     def tcp(self) -> bool:
@@ -145,7 +146,8 @@ class Daemon:
                 entries=tightened,
             )
         self._take_lock()
-        log.info("run containment", mechanism=spawn.contain_workers())
+        subreaper = options.containment == "subreaper"
+        log.info("run containment", mechanism=spawn.contain_workers(subreaper))
         config = self._load_config()
         self.store = await Store.open(options.state_dir / "runs.sqlite")
         key = secrets.token_hex(32)
