@@ -15,7 +15,8 @@ than its raw text, so each secret is masked in:
   and ``quote_plus``);
 - base64, standard and URL-safe, whole and at each of the three byte offsets it can take
   inside a longer encoded text (so ``base64("user:" + secret)``, as in HTTP Basic, is
-  caught whoever the user is);
+  caught whoever the user is), where at least 8 characters long (a shorter piece turns up
+  by chance in base64 data such as a notebook's images);
 - and each of those once more JSON-escaped, because duftd masks event data as JSON text.
 
 A secret that is a common word or a key name (``password``, ``admin``, ``message``...)
@@ -36,6 +37,7 @@ from urllib.parse import quote, quote_plus
 
 MASK = "********"
 MIN_SECRET_LENGTH = 4
+MIN_BASE64_LENGTH = 8
 # Connection value keys treated as secret even when not declared as ``password`` params.
 _SECRET_KEY = re.compile(r"password|passwd|pwd|secret|token|api[_-]?key", re.IGNORECASE)
 # Words that appear in ordinary text and structure (key names of connections and events,
@@ -105,7 +107,7 @@ def _base64_forms(raw: bytes) -> set[str]:
             shifted = encode(b"\0" * offset + raw).decode()
             end = (offset + len(raw)) * 8 // 6  # characters made only of these bytes
             forms.add(shifted[start:end])
-    return forms
+    return {form for form in forms if len(form) >= MIN_BASE64_LENGTH}
 
 
 def _forms(secret: str) -> set[str]:
@@ -151,7 +153,9 @@ class Redactor:
         forms -= words
         # Longest first, so no secret is left half-masked by a shorter form inside it.
         self._forms = tuple(sorted(forms, key=lambda f: (-len(f), f)))
-        self._words = tuple(_as_value(word) for word in sorted(words, key=len, reverse=True))
+        self._words = tuple(
+            (word, _as_value(word)) for word in sorted(words, key=len, reverse=True)
+        )
 
     def __bool__(self) -> bool:
         return bool(self._forms or self._words)
@@ -161,6 +165,7 @@ class Redactor:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, MASK)
-        for pattern in self._words:
-            text = pattern.sub(rf"\g<1>{MASK}", text)
+        for word, pattern in self._words:
+            if word in text:
+                text = pattern.sub(rf"\g<1>{MASK}", text)
         return text
