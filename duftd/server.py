@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import structlog
 import zmq
@@ -72,7 +72,7 @@ class DaemonOptions:
     retention_runs: int | None = 500
     curve_dir: Path | None = None
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.spares)
-    containment: str = "auto"  # or "subreaper": never cgroups (duftd.containment)
+    containment: Literal["auto", "subreaper"] = "auto"  # subreaper: never cgroups
 
     @property
     def tcp(self) -> bool:
