@@ -74,16 +74,15 @@ def stranger() -> Iterator[Stranger]:
     try:
         folder.chmod(0o755)
         venv = folder / "venv"
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
-        installed = subprocess.run(
+        for step in (
+            ["/usr/bin/python3", "-m", "venv", str(venv)],
             [str(venv / "bin" / "pip"), "install", "-q", "pyzmq"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if installed.returncode != 0:
-            pytest.skip(f"cannot install pyzmq for the second user: {installed.stderr[-300:]}")
+        ):
+            done = subprocess.run(step, capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode != 0:
+                pytest.skip(
+                    f"cannot make a Python with pyzmq for the second user: {done.stderr[-300:]}"
+                )
         entry = pwd.getpwnam(name)
         yield Stranger(name, entry.pw_uid, entry.pw_gid, venv / "bin" / "python")
     finally:
