@@ -13,7 +13,9 @@ from dte_tools.task import (
     get_resolved_parameters_for_connection,
     get_temp_dir,
     initialise_data_task,
+    purge_temp_dir,
 )
+from dte_tools.upload import post_file_to_duft_server
 
 __all__ = [
     "DataTaskEnvironment",
@@ -23,4 +25,6 @@ __all__ = [
     "get_resolved_parameters_for_connection",
     "get_temp_dir",
     "initialise_data_task",
+    "post_file_to_duft_server",
+    "purge_temp_dir",
 ]

@@ -57,6 +57,14 @@ def _number(value: float) -> int | float:
     return int(number) if number.is_integer() else number
 
 
+class Environment(DataTaskEnvironment):
+    """DUFT's oldest name for the handle (``core.environment.Environment``), made directly
+    rather than by :func:`initialise_data_task`; the same log lines and progress."""
+
+    def __init__(self, name: str = "", params: dict[str, Any] | None = None) -> None:
+        super().__init__(name, dict(params or {}), _current_backend())
+
+
 def initialise_data_task(name: str, params: dict[str, Any] | None = None) -> DataTaskEnvironment:
     """Start reporting for this task; ``params`` are kept for the task's own debugging."""
     return DataTaskEnvironment(name, dict(params or {}), _current_backend())
@@ -93,6 +101,19 @@ def get_temp_dir() -> str:
     path = locate.temp_dir(Path(get_data_dir()))
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def purge_temp_dir() -> str:
+    """Empty the temp folder (it stays, empty), so a task starts without another's leftovers."""
+    import shutil  # only the tasks that purge pay for it
+
+    temp = Path(get_temp_dir())
+    for entry in temp.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return str(temp)
 
 
 def assert_dte_tools_available() -> bool:

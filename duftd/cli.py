@@ -80,6 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start every worker cold instead of keeping a warm one of each kind ready",
     )
+    parser.add_argument(
+        "--strict-connections",
+        action="store_true",
+        help="refuse a task a connection its dataConnections do not list (default: hand it "
+        "over with a warning, as DUFT does; also the strictConnections setting in "
+        "user/config.json)",
+    )
     return parser.parse_args(argv)
 
 
@@ -96,6 +103,7 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         curve_dir=args.curve_dir,
         spares=not args.no_spares,
         containment=args.containment,
+        strict_connections=args.strict_connections,
     )
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from dte_tools import locate
-from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Op
+from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Kind, Op
 from duftd import __version__, connections
-from duftd.config import LoadedConfig, TaskSpec, load_config, resolve_connection
+from duftd.config import LoadedConfig, TaskSpec, resolve_connection, strict_connections
+from duftd.config_reload import reload_config
 from duftd.control import Caller, Handler
 from duftd.errors import UnauthorizedError
 from duftd.ingest import Ingest
@@ -31,7 +33,7 @@ from duftd.protocol import (
     TaskArgs,
     TasksArgs,
 )
-from duftd.runs.manager import RunManager
+from duftd.runs.manager import LiveRun, RunManager
 from duftd.scheduler import Scheduler
 
 
@@ -70,11 +72,15 @@ class Commands:
         ingest: Ingest,
         started_at: float,
         scheduler: Scheduler | None = None,
+        strict_connections: bool = False,
     ) -> None:
         self._manager = manager
         self._ingest = ingest
         self._started_at = started_at
         self._scheduler = scheduler
+        self._strict_connections = strict_connections
+        # Undeclared connections each live run was already warned about (once per run).
+        self._warned: weakref.WeakKeyDictionary[LiveRun, set[str]] = weakref.WeakKeyDictionary()
 
     def handlers(self) -> dict[str, Handler]:
         table: dict[str, Callable[..., Any]] = {
@@ -165,10 +171,7 @@ class Commands:
 
     async def reload(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {config, tasks, runnable, errors, warnings}; live runs keep their spec."""
-        config = load_config(self._manager.config.root)
-        self._manager.reload(config)
-        if self._scheduler is not None:
-            self._scheduler.reload(config)
+        config = reload_config(self._manager, self._scheduler)
         severities = [d.severity for d in config.diagnostics]
         return {
             "config": str(config.root),
@@ -222,9 +225,23 @@ class Commands:
         }
 
     async def worker_connection(self, caller: Caller, args: ConnectionArgs) -> dict[str, Any]:
-        """(worker) {id} -> {values}: the user's values of a connection the task declares."""
+        """(worker) {id} -> {values}: the user's values of a connection. One the task does
+        not declare is handed over with a warning on the run, as DUFT does, unless strict
+        (``--strict-connections`` or the config's ``strictConnections`` setting) refuses it."""
         run = _worker_run(caller)
-        return {"values": resolve_connection(run.config, run.task, args.id)}
+        strict = self._strict_connections or strict_connections(run.config)
+        values = resolve_connection(run.config, run.task, args.id, strict)
+        warned = self._warned.setdefault(run, set())
+        if args.id not in run.task.data_connections and args.id not in warned:
+            warned.add(args.id)
+            message = (
+                f"task {run.task.address} read connection {args.id}, which its "
+                f"dataConnections do not list; add it in {run.task.source_file}"
+            )
+            self._manager.pipeline.emit(
+                run.link.channel, Kind.LOG, {"level": "warning", "message": message}, time.time()
+            )
+        return {"values": values}
 
 
 def _worker_run(caller: Caller):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import gc
 import ipaddress
 import os
@@ -37,6 +38,7 @@ from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve, spawn
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
+from duftd.config_reload import reload_if_replaced
 from duftd.control import ControlServer
 from duftd.errors import StartupError
 from duftd.ingest import Ingest
@@ -73,6 +75,7 @@ class DaemonOptions:
     curve_dir: Path | None = None
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.spares)
     containment: Literal["auto", "subreaper"] = "auto"  # subreaper: never cgroups
+    strict_connections: bool = False  # refuse connections a task does not declare
 
     @property
     def tcp(self) -> bool:
@@ -172,7 +175,10 @@ class Daemon:
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
         self.manager.ingest = ingest
         scheduler = Scheduler(self.manager, config)
-        commands = Commands(self.manager, ingest, self.started_at, scheduler)
+        self.manager.on_run_end = functools.partial(reload_if_replaced, self.manager, scheduler)
+        commands = Commands(
+            self.manager, ingest, self.started_at, scheduler, options.strict_connections
+        )
         control = ControlServer(
             sockets["control"], key.encode(), commands.handlers(), self.manager.live_run
         )

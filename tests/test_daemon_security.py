@@ -45,10 +45,10 @@ def error_code(reply: dict) -> str:
 
 @pytest.fixture
 def gated_daemon(config_dir: Path, daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
-    """A daemon with two gated tasks that declare only the ANA connection."""
+    """A strict daemon with two gated tasks that declare only the ANA connection."""
     add_worker_task(config_dir, "GATED-A", "gated", dataConnections=["ANA"])
     add_worker_task(config_dir, "GATED-B", "gated", dataConnections=["ANA"])
-    return daemon_factory(config_dir)
+    return daemon_factory(config_dir, "--strict-connections")
 
 
 def test_connection_file_is_private(daemon: DaemonProcess) -> None:

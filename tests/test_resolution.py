@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -180,16 +181,17 @@ def test_connection_values_are_copies(fixtures_dir: Path) -> None:
     assert config.user.data_connection_parameters["ANA"]["server"] == "127.0.0.1"
 
 
-def test_undeclared_connection_is_refused(fixtures_dir: Path) -> None:
-    """A task may not fetch a connection it does not declare, even one with values."""
+def test_undeclared_connection_is_refused_when_strict(fixtures_dir: Path) -> None:
+    """Strict, a task may not fetch a connection it does not declare, even one with values."""
     config = load_config(fixtures_dir)
     with pytest.raises(UnknownConnectionError, match="ANA, MyOwnConnection") as info:
         resolve_connection(config, config.task("SAMPLE"), "NDR")
     assert "SAMPLE" in str(info.value) and info.value.code == "unknown_connection"
 
 
-def test_secret_values_cover_passwords_of_declared_connections(tmp_path: Path) -> None:
-    """Password-type params and secret-looking keys are secrets; other values are not."""
+def test_secret_values_cover_passwords_of_every_connection(tmp_path: Path) -> None:
+    """Password-type params and secret-looking keys are secrets, in every connection with
+    values (an undeclared one can be handed over); other values are not."""
     values = {
         "DB": {"pw": "hunter2", "host": "db.local", "api_key": "k-123"},
         "API": {"user": "alice", "Token": 98765, "note": ""},
@@ -197,10 +199,30 @@ def test_secret_values_cover_passwords_of_declared_connections(tmp_path: Path) -
         "OTHER": {"password": "not-this-task"},
     }
     config = config_with(tmp_path, {}, dataConnectionParameters=values)
-    assert secret_values(config, config.task("T")) == ["hunter2", "98765", "k-123"]
+    assert secret_values(config, config.task("T")) == [
+        "not-this-task",
+        "hunter2",
+        "98765",
+        "k-123",
+    ]
 
 
 def test_fixture_secrets(fixtures_dir: Path) -> None:
-    """For UPLOAD the ANA and DUFT-SERVER-API passwords are secrets, longest first."""
+    """For UPLOAD the ANA and DUFT-SERVER-API passwords are secrets, and so are the other
+    connections' (it could be handed them), longest first."""
     config = load_config(fixtures_dir)
-    assert secret_values(config, config.task("UPLOAD")) == ["mysecretword", "--------"]
+    secrets = secret_values(config, config.task("UPLOAD"))
+    assert {"mysecretword", "--------", "Namibia23"} <= set(secrets)
+    assert secrets == sorted(secrets, key=lambda s: (-len(s), s))
+
+
+def test_undeclared_connection_is_handed_over_unless_strict(fixtures_dir: Path) -> None:
+    """Not strict (DUFT's way), an undeclared connection with values or a declaration is
+    handed over; an id known nowhere is still refused, naming what was looked at."""
+    config = load_config(fixtures_dir)
+    task = config.task("SAMPLE")
+    assert resolve_connection(config, task, "NDR", strict=False) == copy.deepcopy(
+        config.user.data_connection_parameters["NDR"]
+    )
+    with pytest.raises(UnknownConnectionError, match=r"no data_connections\.json declares it"):
+        resolve_connection(config, task, "NO-SUCH-CONNECTION", strict=False)

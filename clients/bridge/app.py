@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from clients.bridge import legacy
+from clients.bridge import legacy, uploads
 from clients.bridge.async_bus import AsyncBus, DaemonRefused, DaemonUnavailable
 from clients.bridge.sse import LiveFeed, follow_run, frame, only, tracked_stream
 from clients.bridge.web_io import (
@@ -169,7 +169,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     if request.method == "POST":
         if origin is not None and not policy.origin_allowed(request, origin):
             raise HttpError(403, "forbidden_origin", f"origin {origin!r} may not post here")
-        if request.content_type != "application/json":
+        if request.content_type != "application/json" and not uploads.is_upload(request):
             raise HttpError(
                 415,
                 "unsupported_media_type",
@@ -316,6 +316,7 @@ def create_app(
     routes.add_get("/api/runs/{run}/events", run_events)
     routes.add_get("/api/events", all_events)
     legacy.add_routes(routes)
+    uploads.register(app, state_dir)
     return app
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from dte_tools.locate import default_config_dir
 from duftd.config import LoadedConfig, load_config
+from duftd.config.mentions import undeclared_mentions
 from duftd.errors import ConfigError
 
 HELP = "check a duft-config folder and report every problem (no daemon needed)"
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"duft validate: {exc}", file=sys.stderr)
         return 2
+    config.diagnostics.extend(undeclared_mentions(config))
     errors, warnings = config.errors, config.warnings
     if args.json:
         print(json.dumps(report(config), indent=2))

@@ -22,6 +22,7 @@ from duftd.config.resolve import (
     resolve_connections,
     resolve_parameters,
     secret_values,
+    strict_connections,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "resolve_connections",
     "resolve_parameters",
     "secret_values",
+    "strict_connections",
 ]

@@ -55,7 +55,18 @@ def load_config(root: Path) -> LoadedConfig:
             f"{root} is not a duft-config folder: it has no system/ folder "
             "(expected system/data_tasks.json)"
         )
-    return _Loader(root.resolve()).load()
+    config = _Loader(root.resolve()).load()
+    config.identity = folder_identity(config.root)
+    return config
+
+
+def folder_identity(root: Path) -> tuple[int, int] | None:
+    """Which folder ``root`` is now (device, inode): a folder swapped in by rename differs."""
+    try:
+        status = root.stat()
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino)
 
 
 class _Loader(Reporter):

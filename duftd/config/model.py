@@ -175,6 +175,7 @@ class LoadedConfig:
     app_connections: dict[str, dict[str, ConnectionSpec]] = field(default_factory=dict)
     user: UserConfig = field(default_factory=UserConfig)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    identity: tuple[int, int] | None = None  # the folder loaded (loader.folder_identity)
 
     @property
     def errors(self) -> list[Diagnostic]:

@@ -8,9 +8,12 @@ task sees the same values either way. Decisions where DESIGN.md is silent:
   JSON value. All type mismatches are reported in one :class:`ParameterError`.
 - Values are deep copies, so a run cannot change the loaded config.
 - ``parse_cli_assignments``: a key given twice keeps the last value, as shells do.
-- ``secret_values`` covers the task's declared connections only (what its worker can
-  fetch): password-type params plus any value whose key looks secret. Numbers count
-  (as text), since a numeric password is still a password.
+- A connection the task does not declare is handed over, as DUFT does (the daemon warns
+  on the run), unless the operator asked for strict connections; an id that no
+  data_connections.json declares and that has no user values is refused either way.
+- ``secret_values`` covers every connection a worker could fetch (all with user values,
+  since undeclared ones are handed over too): password-type params plus any value whose
+  key looks secret. Numbers count (as text), since a numeric password is still a password.
 """
 
 from __future__ import annotations
@@ -119,23 +122,43 @@ def resolve_connections(config: LoadedConfig, task: TaskSpec) -> dict[str, dict[
     return {cid: copy.deepcopy(values.get(cid, {})) for cid in task.data_connections}
 
 
-def resolve_connection(config: LoadedConfig, task: TaskSpec, connection_id: str) -> dict[str, Any]:
-    """One declared connection's user values; refuses ids the task does not declare."""
+STRICT_CONNECTIONS_SETTING = "strictConnections"  # in user/config.json's "settings"
+
+
+def strict_connections(config: LoadedConfig) -> bool:
+    """Whether the config asks that tasks get only the connections they declare."""
+    return config.user.settings.get(STRICT_CONNECTIONS_SETTING) is True
+
+
+def resolve_connection(
+    config: LoadedConfig, task: TaskSpec, connection_id: str, strict: bool = True
+) -> dict[str, Any]:
+    """One connection's user values (``{}`` when none). ``strict`` refuses an id the task
+    does not declare; otherwise any known connection is handed over, as DUFT does."""
+    values = config.user.data_connection_parameters
     if connection_id not in task.data_connections:
         declared = ", ".join(task.data_connections) or "none"
-        raise UnknownConnectionError(
-            f"task {task.address} does not declare connection {connection_id!r} "
-            f"(its dataConnections: {declared}); add it to dataConnections in "
-            f"{task.source_file}"
-        )
-    return copy.deepcopy(config.user.data_connection_parameters.get(connection_id, {}))
+        if strict:
+            raise UnknownConnectionError(
+                f"task {task.address} does not declare connection {connection_id!r} "
+                f"(its dataConnections: {declared}); add it to dataConnections in "
+                f"{task.source_file}"
+            )
+        if connection_id not in config.connections_for(task) and connection_id not in values:
+            raise UnknownConnectionError(
+                f"no connection {connection_id!r}: no data_connections.json declares it and "
+                f"user/config.json has no values for it (task {task.address} declares: "
+                f"{declared})"
+            )
+    return copy.deepcopy(values.get(connection_id, {}))
 
 
 def secret_values(config: LoadedConfig, task: TaskSpec) -> list[str]:
     """Values to mask in the task's logs, longest first (so no secret is half-masked)."""
     specs = config.connections_for(task)
     secrets: set[str] = set()
-    for cid, values in resolve_connections(config, task).items():
+    fetchable = {**config.user.data_connection_parameters, **resolve_connections(config, task)}
+    for cid, values in fetchable.items():
         spec = specs.get(cid)
         secrets |= redact.secret_values(values, spec.password_fields if spec else ())
     return sorted(secrets, key=lambda s: (-len(s), s))

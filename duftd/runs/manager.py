@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from duftd.errors import ShuttingDownError, UnknownRunError
 from duftd.ingest import Ingest, WorkerLink
 from duftd.notebook.scratch import kernel_dir
 from duftd.pipeline import EventPipeline, RunChannel
+from duftd.runs.root_layout import prepare_root_copy
 from duftd.runs.spares import SparePool, new_worker_id
 from duftd.runs.supervisor import LaunchSpec, Outcome, RunSupervisor
 from duftd.store import Store
@@ -99,6 +101,8 @@ class RunManager:
         self._submit_locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = True
+        # Called with the task's address after each run (duftd.config_reload's check).
+        self.on_run_end: Callable[[str], None] | None = None
         known_ahead = spawn.worker_environment(
             {
                 wire.ENV_CONTROL: endpoints.control,
@@ -273,9 +277,7 @@ class RunManager:
         if task.execute_from_root:
             # The task may replace duft-config itself: run a copy from the folder above it,
             # with the task's own folder still importable.
-            copy_dir = self._run_dir(run) / "root-copy"
-            copy_dir.mkdir(parents=True, exist_ok=True)
-            script = Path(shutil.copy2(task.script_path, copy_dir / task.script_path.name))
+            script = prepare_root_copy(task.script_path, self._run_dir(run) / "root-copy")
             cwd = run.config.root.parent
             extra["PYTHONPATH"] = str(task.data_tasks_dir)
         if task.kind == "notebook":
@@ -327,6 +329,8 @@ class RunManager:
             )
         reason = channel.redact(outcome.reason) if outcome.reason else None
         self._tidy_run_dir(run)
+        if self.on_run_end is not None:
+            self.on_run_end(run.task.address)
         counts = {
             "error_count": channel.counts["error"],
             "warning_count": channel.counts["warning"],

@@ -1,4 +1,4 @@
-"""DUFT's historical import path for the Data Task Tools, kept so existing tasks run unchanged.
+"""DUFT's import path for the Data Task Tools, kept so existing tasks run unchanged.
 
 ``services`` is a namespace package (no ``__init__.py``): a user's own regular
 ``services`` package is never shadowed by this one.

@@ -1,18 +1,5 @@
-"""DUFT's historical ``directories`` object, answering from dte_tools' folder rules."""
+"""DUFT's import path for the ``directories`` object and ``get_directories``."""
 
-from dte_tools import get_data_dir, get_temp_dir
+from dte_tools.directories import directories, get_directories
 
-
-class _Directories:
-    """Attributes computed on access, so importing this module touches no disk."""
-
-    @property
-    def data_directory(self) -> str:
-        return get_data_dir()
-
-    @property
-    def data_tasks_temp_directory(self) -> str:
-        return get_temp_dir()
-
-
-directories = _Directories()
+__all__ = ["directories", "get_directories"]
