@@ -27,6 +27,9 @@ FOLDER = "duftd"
 # How long a stopping daemon waits for killed processes to be gone, so that it can remove
 # their cgroups.
 CLOSE_WAIT_S = 1.0
+# An empty worker cgroup older than this was left by a daemon that died (a newer one may be
+# about to receive its process).
+STALE_S = 60.0
 
 
 def cgroup2_mount(mounts: str) -> Path | None:
@@ -67,7 +70,22 @@ class CgroupTree:
             return None
         if not (base / "cgroup.kill").exists():  # Linux before 5.14 cannot kill a cgroup
             return None
-        return cls(base)
+        tree = cls(base)
+        tree.remove_stale()
+        return tree
+
+    def remove_stale(self) -> None:
+        """Remove the empty cgroups a daemon that died left behind (its spares' among them,
+        which no run record names)."""
+        now = time.time()
+        for group in self.base.iterdir():
+            with contextlib.suppress(OSError):
+                if (
+                    group.is_dir()
+                    and now - group.stat().st_mtime > STALE_S
+                    and "populated 0" in (group / "cgroup.events").read_text()
+                ):
+                    group.rmdir()
 
     def adopt(self, worker_id: str, pid: int) -> None:
         """Move ``pid`` into the worker's own cgroup (made here)."""
