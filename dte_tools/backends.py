@@ -9,20 +9,18 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
 from dte_tools import locate
+from dte_tools.redact import Redactor, secret_values
 from dte_tools.wire import (
     ENV_CONTROL,
     ENV_INGEST,
     ENV_RUN_ID,
     ENV_RUN_TOKEN,
-    MASK,
-    SECRET_KEY_PATTERN,
     Kind,
     Op,
     run_signer,
@@ -47,6 +45,7 @@ class StandaloneBackend:
         self._user_values: dict[str, Any] | None = None
         # Secret values the task has fetched: masked in printed lines, as duftd masks them.
         self._secrets: set[str] = set()
+        self._redactor = Redactor(())
 
     @classmethod
     def discover(cls) -> StandaloneBackend:
@@ -66,11 +65,8 @@ class StandaloneBackend:
             user = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
             self._user_values = user.get("dataConnectionParameters") or {}
         values = dict(self._user_values.get(connection_id) or {})
-        self._secrets.update(
-            str(value)
-            for key, value in values.items()
-            if value not in (None, "") and re.search(SECRET_KEY_PATTERN, key, re.IGNORECASE)
-        )
+        self._secrets |= secret_values(values)
+        self._redactor = Redactor(self._secrets)
         return values
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
@@ -80,9 +76,7 @@ class StandaloneBackend:
             line = f"{stamp} PROGRESS {data['done']}/{data['total']} {message}".rstrip()
         else:
             line = f"{stamp} {data.get('level', 'info').upper():<8} {data.get('message', '')}"
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            line = line.replace(secret, MASK)
-        print(line, flush=True)
+        print(self._redactor.mask(line), flush=True)
 
     def data_dir(self) -> Path:
         return locate.data_dir(self.config_dir)

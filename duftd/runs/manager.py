@@ -297,7 +297,7 @@ class RunManager:
             env,
             task.timeout_seconds,
             self.cancel_grace_s,
-            marker=f"{wire.ENV_WORKER_ID}={run.worker_id}",
+            worker_id=run.worker_id,
             spare=spare,
             assignment=assignment,
         )
@@ -379,7 +379,7 @@ class RunManager:
             run_id = record["id"]
             reason = f"duftd stopped while the run was {record['state']}"
             worker_id = record["worker_id"]
-            orphans = spawn.kill_marked(f"{wire.ENV_WORKER_ID}={worker_id}") if worker_id else 0
+            orphans = spawn.kill_worker(worker_id) if worker_id else 0
             if orphans:
                 reason += f"; {orphans} orphaned worker process(es) killed"
             await self.store.update_run(

@@ -92,6 +92,5 @@ class SparePool:
         self.enabled = False
         if spare is None:
             return
-        # The spare and any kernel it started carry its worker id.
-        spawn.kill_marked(f"{ENV_WORKER_ID}={spare.worker_id}")
+        spawn.kill_worker(spare.worker_id)  # and any kernel it started
         await spawn.wait_exit(spare.process)

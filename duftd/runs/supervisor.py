@@ -47,7 +47,7 @@ class LaunchSpec:
     env: dict[str, str]
     timeout_s: float | None
     cancel_grace_s: float
-    marker: str  # an environment entry only this run's processes have (its worker id)
+    worker_id: str  # its cgroup and the marker in its environment (duftd.containment)
     # A warm spare to hand the run to, with its assignment (argv, cwd, env), instead of
     # starting ``argv`` cold.
     spare: Spare | None = None
@@ -118,11 +118,11 @@ class RunSupervisor:
         return self._judge(code)
 
     def _kill_leftovers(self) -> None:
-        """End whatever the task left running: its group, and any process that carries the
-        run's marker but left the group (a notebook's kernel does)."""
+        """End whatever the task left running: its group, and every other process of the
+        worker, however it left the group (a notebook's kernel does)."""
         assert self.process is not None
         spawn.signal_group(self.process.pid, signal.SIGKILL)
-        spawn.kill_marked(self._launch.marker)
+        spawn.kill_worker(self._launch.worker_id)
 
     async def _terminate(self, exited: asyncio.Task[int]) -> None:
         """SIGTERM the group, then SIGKILL everything of the run if it outstays the grace."""
