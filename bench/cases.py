@@ -12,6 +12,7 @@ from pathlib import Path
 import zmq
 
 from bench.common import PYTHON, Row, RunWatcher, rss_mb, run_bare, timed
+from clients.bus import curve_setup
 from dte_tools.wire import Op
 from tests.harness import DaemonProcess, environment_without_duft
 
@@ -325,6 +326,8 @@ def queue(daemon: DaemonProcess, tasks: list[str]) -> list[Row]:
     info = daemon.client.info
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
+    if setup := curve_setup(info):  # a daemon on tcp requires CURVE
+        setup(dealer)
     dealer.connect(info.control)
     start = time.perf_counter()
     for task in tasks:

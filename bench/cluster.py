@@ -1,18 +1,15 @@
 """The Dask launcher beside the local one: a trivial script, submit -> final state.
 
 The cluster is the tests' own (a TLS ``dask scheduler`` and two one-thread ``dask worker``
-processes on this machine); the second daemon runs the same config under CURVE with
+processes on this machine); the second daemon runs the same config on tcp (CURVE) with
 ``--launcher dask``. Both are timed the same way, polling the run over control, so the
 ratio is what placing a run on the cluster costs.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-
-import zmq.auth
 
 from bench.common import Row
 from dte_tools.wire import FINAL_STATES, Op
@@ -33,17 +30,11 @@ def submit_to_final(daemon: DaemonProcess, task: str) -> float:
 
 def dask_launcher(daemon: DaemonProcess, scratch: Path) -> list[Row]:
     local = [submit_to_final(daemon, "BENCH-SCRIPT") for _ in range(REPS)]
-    curve_dir = scratch / "curve"
-    (curve_dir / "clients").mkdir(parents=True)
-    zmq.auth.create_certificates(curve_dir, "server")
-    public, secret = zmq.auth.create_certificates(scratch, "bench")
-    Path(public).rename(curve_dir / "clients" / "bench.key")
-    os.environ["DUFT_CURVE_CLIENT_KEY"] = secret
     cluster_run = dask_cluster(scratch / "dask")
     cluster = next(cluster_run)
     tls = cluster.tls
     args = [
-        "--curve-dir", str(curve_dir), "--launcher", "dask", "--dask-scheduler", cluster.address,
+        "--port", "0", "--launcher", "dask", "--dask-scheduler", cluster.address,
         "--dask-tls-ca", str(tls.ca), "--dask-tls-cert", str(tls.cert), "--dask-tls-key",
         str(tls.key), "--max-concurrent", "2",
     ]  # fmt: skip
@@ -56,7 +47,6 @@ def dask_launcher(daemon: DaemonProcess, scratch: Path) -> list[Row]:
     finally:
         on_cluster.stop()
         cluster_run.close()
-        del os.environ["DUFT_CURVE_CLIENT_KEY"]
     return [
         Row(
             "script task via the Dask launcher: submit -> final",

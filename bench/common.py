@@ -15,6 +15,7 @@ from typing import Any
 import nbformat
 import zmq
 
+from clients.bus import curve_setup
 from dte_tools.wire import FINAL_STATES, Kind, Op, topic
 from tests.harness import DaemonProcess, add_script_task, copy_config
 
@@ -152,6 +153,8 @@ class RunWatcher:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.rcvhwm = 0
+        if setup := curve_setup(daemon.client.info):  # a daemon on tcp requires CURVE
+            setup(self.socket)
         self.socket.connect(daemon.client.info.events)
         self.socket.subscribe(topic(task_id))
         self.daemon = daemon

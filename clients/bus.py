@@ -49,7 +49,9 @@ class ConnectionInfo:
     key: bytes
     pid: int
     path: Path
-    curve_server_key: str | None = None  # z85; present when the daemon requires CURVE
+    curve_server_key: str | None = None  # z85; present when the daemon listens on tcp
+    # z85 (public, secret): the client keypair the daemon made for its owner, when it made one
+    curve_client: tuple[str, str] | None = None
 
     @classmethod
     def load(cls, state_dir: Path | None = None) -> ConnectionInfo:
@@ -76,15 +78,34 @@ class ConnectionInfo:
             info["pid"],
             path,
             info.get("curve_server_key"),
+            (info["curve_client_public"], info["curve_client_secret"])
+            if "curve_client_secret" in info
+            else None,
         )
 
 
 def curve_setup(info: ConnectionInfo) -> Callable[[zmq.Socket], None] | None:
     """What makes a socket a CURVE client of this daemon (None if it does not use CURVE).
 
-    The client keypair is the zmq.auth certificate named by ``$DUFT_CURVE_CLIENT_KEY``."""
+    The client keypair is the one in the connection file when the daemon made it, else the
+    zmq.auth certificate named by ``$DUFT_CURVE_CLIENT_KEY`` (a ``--curve-dir`` daemon)."""
     if not info.curve_server_key:
         return None
+    if info.curve_client is not None:
+        public, secret = (half.encode() for half in info.curve_client)
+    else:
+        public, secret = _certificate_from_environment()
+    server = info.curve_server_key.encode()
+
+    def setup(socket: zmq.Socket) -> None:
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+        socket.curve_serverkey = server
+
+    return setup
+
+
+def _certificate_from_environment() -> tuple[bytes, bytes]:
     cert = os.environ.get(CURVE_KEY_ENV)
     if not cert:
         raise CurveKeyMissing(
@@ -98,14 +119,7 @@ def curve_setup(info: ConnectionInfo) -> Callable[[zmq.Socket], None] | None:
         raise CurveKeyMissing(
             f"${CURVE_KEY_ENV} ({cert}) has no secret key: use the .key_secret file"
         )
-    server = info.curve_server_key.encode()
-
-    def setup(socket: zmq.Socket) -> None:
-        socket.curve_publickey = public
-        socket.curve_secretkey = secret
-        socket.curve_serverkey = server
-
-    return setup
+    return public, secret
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -17,13 +16,12 @@ from typing import Any, Protocol
 
 from dte_tools import channel, locate
 from dte_tools.job import current as current_job
+from dte_tools.redact import Redactor, secret_values
 from dte_tools.wire import (
     ENV_CONTROL,
     ENV_INGEST,
     ENV_RUN_ID,
     ENV_RUN_TOKEN,
-    MASK,
-    SECRET_KEY_PATTERN,
     Kind,
     Op,
     run_signer,
@@ -48,6 +46,7 @@ class StandaloneBackend:
         self._user_values: dict[str, Any] | None = None
         # Secret values the task has fetched: masked in printed lines, as duftd masks them.
         self._secrets: set[str] = set()
+        self._redactor = Redactor(())
 
     @classmethod
     def discover(cls) -> StandaloneBackend:
@@ -67,11 +66,8 @@ class StandaloneBackend:
             user = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
             self._user_values = user.get("dataConnectionParameters") or {}
         values = dict(self._user_values.get(connection_id) or {})
-        self._secrets.update(
-            str(value)
-            for key, value in values.items()
-            if value not in (None, "") and re.search(SECRET_KEY_PATTERN, key, re.IGNORECASE)
-        )
+        self._secrets |= secret_values(values)
+        self._redactor = Redactor(self._secrets)
         return values
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
@@ -81,9 +77,7 @@ class StandaloneBackend:
             line = f"{stamp} PROGRESS {data['done']}/{data['total']} {message}".rstrip()
         else:
             line = f"{stamp} {data.get('level', 'info').upper():<8} {data.get('message', '')}"
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            line = line.replace(secret, MASK)
-        print(line, flush=True)
+        print(self._redactor.mask(line), flush=True)
 
     def data_dir(self) -> Path:
         return locate.data_dir(self.config_dir)
@@ -96,9 +90,9 @@ class DaemonBackend:
     """Under duftd: fetch the run's resolved values over control; events go into the
     process's durable channel (:mod:`dte_tools.channel`).
 
-    A process of the run that was not given a channel (a program the task started, which
-    inherits the run's environment but not the channel) sends its events to the signed
-    ingest socket instead; those are stored only while the run is live.
+    A process of the run that has no channel (a program the task started, once the
+    process holding the channel is gone) sends its events to the signed ingest socket
+    instead; those are stored only while the run is live.
     """
 
     def __init__(self, run_id: str, token: bytes, control: str, ingest: str) -> None:

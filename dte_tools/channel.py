@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from dte_tools.wire import Kind
+from dte_tools.wire import ENV_CHANNEL, Kind
 
 # duftd refuses (and counts as lost) a longer record; longer text fields are cut first.
 MAX_RECORD_BYTES = 1024 * 1024
@@ -166,12 +166,17 @@ _current: EventChannel | None = None
 
 
 def adopt(fd: int, capture_output: bool) -> EventChannel:
-    """Make ``fd`` this process's channel (closed on exec: a program the task starts does not
-    hold it); with ``capture_output``, route ``sys.stdout``/``sys.stderr`` through it."""
+    """Make ``fd`` this process's channel; with ``capture_output``, route ``sys.stdout`` and
+    ``sys.stderr`` through it.
+
+    The descriptor is closed on exec, but the environment tells a program the task starts
+    where to open the same pipe (:func:`current`), so a helper script's lines are durable
+    too while this process lives."""
     global _current
     os.set_inheritable(fd, False)
     _current = EventChannel(fd)
     os.register_at_fork(after_in_child=_current.after_fork)
+    os.environ[ENV_CHANNEL] = f"/proc/{os.getpid()}/fd/{fd}:{os.fstat(fd).st_ino}"
     if capture_output:
         sys.stdout = ChannelStream(_current, Kind.STDOUT, sys.stdout)  # type: ignore[arg-type]
         sys.stderr = ChannelStream(_current, Kind.STDERR, sys.stderr)  # type: ignore[arg-type]
@@ -179,5 +184,20 @@ def adopt(fd: int, capture_output: bool) -> EventChannel:
 
 
 def current() -> EventChannel | None:
-    """This process's channel, if duftd gave it one."""
+    """This process's channel: the one duftd gave it, else its parent's, opened through
+    ``/proc`` while that parent lives (None when there is neither)."""
+    if _current is None and ENV_CHANNEL in os.environ:
+        _open_inherited(os.environ[ENV_CHANNEL])
     return _current
+
+
+def _open_inherited(where: str) -> None:
+    path, _, inode = where.rpartition(":")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # the process holding it is gone
+    if str(os.fstat(fd).st_ino) != inode:  # its number now names something else
+        os.close(fd)
+        return
+    adopt(fd, capture_output=False)

@@ -15,7 +15,8 @@ than its raw text, so each secret is masked in:
   and ``quote_plus``);
 - base64, standard and URL-safe, whole and at each of the three byte offsets it can take
   inside a longer encoded text (so ``base64("user:" + secret)``, as in HTTP Basic, is
-  caught whoever the user is);
+  caught whoever the user is), where at least 8 characters long (a shorter piece turns up
+  by chance in base64 data such as a notebook's images);
 - and each of those once more JSON-escaped, because duftd masks event data as JSON text.
 
 A secret that is a common word or a key name (``password``, ``admin``, ``message``...)
@@ -30,12 +31,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "********"
 MIN_SECRET_LENGTH = 4
+MIN_BASE64_LENGTH = 8
 # Connection value keys treated as secret even when not declared as ``password`` params.
 _SECRET_KEY = re.compile(r"password|passwd|pwd|secret|token|api[_-]?key", re.IGNORECASE)
 # Words that appear in ordinary text and structure (key names of connections and events,
@@ -55,19 +57,37 @@ def is_secret_key(key: str) -> bool:
     return _SECRET_KEY.search(key) is not None
 
 
-def secret_values(values: Mapping[str, Any], password_fields: Iterable[str] = ()) -> set[str]:
-    """The secrets among one connection's values: its password fields and secret-looking
-    keys, as text; values too short to be masked are left out (see the module's doc)."""
+def _secret_items(
+    values: Mapping[str, Any], password_fields: Iterable[str]
+) -> Iterator[tuple[str, str]]:
+    """(key, value as text) of each non-empty secret among one connection's values: its
+    password fields and secret-looking keys; a number counts, as its text."""
     fields = set(password_fields)
-    found = set()
     for key, value in values.items():
         if key not in fields and not is_secret_key(key):
             continue
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
-        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
-            found.add(value)
-    return found
+        if isinstance(value, str) and value:
+            yield key, value
+
+
+def secret_values(values: Mapping[str, Any], password_fields: Iterable[str] = ()) -> set[str]:
+    """The secrets among one connection's values, leaving out those too short to mask."""
+    return {
+        value
+        for _, value in _secret_items(values, password_fields)
+        if len(value) >= MIN_SECRET_LENGTH
+    }
+
+
+def short_secrets(values: Mapping[str, Any], password_fields: Iterable[str] = ()) -> list[str]:
+    """Keys of secret values too short to be masked (the config loader warns about them)."""
+    return [
+        key
+        for key, value in _secret_items(values, password_fields)
+        if len(value) < MIN_SECRET_LENGTH
+    ]
 
 
 def is_common_word(secret: str) -> bool:
@@ -87,7 +107,7 @@ def _base64_forms(raw: bytes) -> set[str]:
             shifted = encode(b"\0" * offset + raw).decode()
             end = (offset + len(raw)) * 8 // 6  # characters made only of these bytes
             forms.add(shifted[start:end])
-    return forms
+    return {form for form in forms if len(form) >= MIN_BASE64_LENGTH}
 
 
 def _forms(secret: str) -> set[str]:
@@ -133,7 +153,9 @@ class Redactor:
         forms -= words
         # Longest first, so no secret is left half-masked by a shorter form inside it.
         self._forms = tuple(sorted(forms, key=lambda f: (-len(f), f)))
-        self._words = tuple(_as_value(word) for word in sorted(words, key=len, reverse=True))
+        self._words = tuple(
+            (word, _as_value(word)) for word in sorted(words, key=len, reverse=True)
+        )
 
     def __bool__(self) -> bool:
         return bool(self._forms or self._words)
@@ -143,6 +165,7 @@ class Redactor:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, MASK)
-        for pattern in self._words:
-            text = pattern.sub(rf"\g<1>{MASK}", text)
+        for word, pattern in self._words:
+            if word in text:
+                text = pattern.sub(rf"\g<1>{MASK}", text)
         return text

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 import uuid
 from typing import Any
@@ -50,6 +51,10 @@ RUN_SIGNER_PREFIX = b"run:"
 TOPIC_PREFIX = b"ev/"
 # A larger message gets an error reply (control) or is dropped and counted (ingest).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Integers a message may carry (run ids, sequence numbers, timestamps): SQLite's range.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# Longest name (task address, connection id...) a request may carry.
+MAX_NAME_LENGTH = 200
 # libzmq disconnects a peer sending more than this (ZMQ_MAXMSGSIZE) before Python sees it.
 HARD_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -59,16 +64,14 @@ ENV_RUN_TOKEN = "DUFT_RUN_TOKEN"
 # Set when a worker process starts (a spare starts before its run is known): every process
 # of a run inherits it, so duftd can find and stop them all.
 ENV_WORKER_ID = "DUFT_WORKER_ID"
+# Where a program the task starts opens the task's event channel: ``/proc/<pid>/fd/<fd>``
+# of the process that holds it, and the pipe's inode (dte_tools.channel).
+ENV_CHANNEL = "DUFT_EVENT_CHANNEL"
 ENV_CONTROL = "DUFT_CONTROL_ENDPOINT"
 ENV_INGEST = "DUFT_INGEST_ENDPOINT"
 ENV_CONFIG_DIR = "DUFT_CONFIG_DIR"
 ENV_STATE_DIR = "DUFT_STATE_DIR"
 ENV_DATA_DIR = "DUFT_DATA_DIR"
-
-
-# Connection value keys treated as secret even when not declared as ``password`` params.
-SECRET_KEY_PATTERN = r"password|passwd|pwd|secret|token|api[_-]?key"
-MASK = "********"
 
 
 class Op:
@@ -159,6 +162,33 @@ def decode_reply(frames: list[bytes], key: bytes) -> dict[str, Any]:
     if not isinstance(reply, dict) or "ok" not in reply:
         raise ValueError("reply body has no 'ok' field")
     return reply
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number duft/1 accepts (JSON has no NaN or infinity)")
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        shown = text if len(text) <= 24 else f"{text[:20]}...({len(text)} digits)"
+        raise ValueError(f"integer {shown} is out of range (duft/1 integers are 64-bit signed)")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:24]} is out of range (too large for a float)")
+    return value
+
+
+def loads_strict(body: bytes | str) -> Any:
+    """Parse a message body as strict JSON: no NaN or infinities (which compare false with
+    everything, so a check like ``abs(now - ts) > limit`` would pass them) and no integer
+    beyond 64 bits (which the store and most clients cannot hold); ``ValueError`` names
+    the offending value."""
+    return json.loads(body, parse_constant=_no_constant, parse_int=_int64, parse_float=_finite)
 
 
 def topic(task_id: str, run_id: int | None = None) -> bytes:

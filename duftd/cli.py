@@ -14,7 +14,7 @@ from duftd.cluster.connect import DaskSettings
 from duftd.errors import DuftError
 from duftd.logs import configure
 from duftd.runs.launchers import LAUNCHERS
-from duftd.server import DEFAULT_PORT, DaemonOptions, run_daemon
+from duftd.server import DEFAULT_HOST, DEFAULT_PORT, DaemonOptions, run_daemon
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,13 +29,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="run store and connection file (default: $DUFT_STATE_DIR or ./.duftd)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument(
+        "--host",
+        help=f"also listen on tcp at this address, under CURVE (default {DEFAULT_HOST} when "
+        "--port or --curve-dir is given; without any of them duftd listens on ipc only)",
+    )
     parser.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORT,
-        help=f"control port; ingest and events use the next two; 0: any free "
-        f"(default {DEFAULT_PORT})",
+        help=f"also listen on tcp under CURVE: control on this port, ingest and events on the "
+        f"next two; 0: any free (default {DEFAULT_PORT} when --host or --curve-dir is given)",
     )
     parser.add_argument(
         "--max-concurrent",
@@ -61,11 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--curve-dir",
         type=Path,
-        help="use CURVE with the keys in this folder (server.key_secret, clients/*.key); "
-        "required for a non-loopback --host",
+        help="listen on tcp under CURVE with the keys in this folder (server.key_secret, "
+        "clients/*.key) instead of keys made at start; required for a non-loopback --host",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--containment",
+        choices=["auto", "subreaper"],
+        default="auto",
+        help="how a run's processes are kept together so they all end with it: auto (a "
+        "cgroup per worker where the machine allows, else a subreaper launcher) or subreaper",
     )
     parser.add_argument(
         "--no-spares",
@@ -121,6 +131,7 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         retention_runs=args.retention_runs or None,
         curve_dir=args.curve_dir,
         spares=not args.no_spares,
+        containment=args.containment,
         strict_connections=args.strict_connections,
         launcher=args.launcher,
         dask=DaskSettings(

@@ -18,8 +18,8 @@ Decisions where DUFT is silent:
   only an id that is neither declared nor has user values is refused outright. Ids with
   values but no declaration (common in real configs) can be tested.
 - Every secret (password-type params, and values whose key looks secret) is masked as
-  ``********`` in every message, in the raw, JSON-escaped, repr and URL-encoded forms a
-  driver might echo.
+  ``********`` in every message, in every form :mod:`dte_tools.redact` knows (raw,
+  JSON-escaped, repr, URL-encoded, base64) a driver might echo.
 - SQLite is opened read-write but never created: testing a connection must not leave a
   new empty database behind. The query runs in a transaction that is rolled back.
 - ``timeout_s`` bounds connecting and the query, through each driver's own timeouts.
@@ -27,19 +27,16 @@ Decisions where DUFT is silent:
 
 from __future__ import annotations
 
-import json
-import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from dte_tools.redact import Redactor, secret_values
 from duftd.config import ConnectionSpec, LoadedConfig
 from duftd.errors import UnknownConnectionError
 
-MASK = "********"
 DEFAULT_QUERY = "SELECT 1"
 KINDS = {
     "sqlite3": "sqlite3",
@@ -55,12 +52,6 @@ KINDS = {
 }
 SUPPORTED = "sqlite3, postgresql, mysql, mariadb, mssql"
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
-_SECRET_KEY = re.compile(r"password|passwd|pwd|secret|token|api[_-]?key", re.IGNORECASE)
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a value's key looks secret (``password``, ``api_key``...) whatever its type."""
-    return _SECRET_KEY.search(key) is not None
 
 
 class ConnectionProblem(ValueError):
@@ -77,13 +68,9 @@ class Target:
     data_dir: Path
 
     @property
-    def secrets(self) -> list[str]:
+    def redactor(self) -> Redactor:
         fields = self.spec.password_fields if self.spec is not None else set()
-        found = set()
-        for key, value in self.values.items():
-            if (key in fields or is_secret_key(key)) and value not in (None, ""):
-                found.add(str(value))
-        return sorted(found, key=lambda s: (-len(s), s))
+        return Redactor(secret_values(self.values, fields))
 
     @property
     def query(self) -> str:
@@ -128,16 +115,6 @@ def find_target(config: LoadedConfig, connection_id: str, data_dir: Path) -> Tar
             f"data_connections.json and has no values in user/config.json (declared: {known})"
         )
     return Target(connection_id, declared.get(connection_id), dict(values or {}), data_dir)
-
-
-def mask(text: str, secrets: list[str]) -> str:
-    """``text`` with every form of every secret replaced by ``********``."""
-    forms = set()
-    for secret in secrets:
-        forms |= {secret, json.dumps(secret)[1:-1], repr(secret)[1:-1], quote(secret, safe="")}
-    for form in sorted((f for f in forms if f), key=len, reverse=True):
-        text = text.replace(form, MASK)
-    return text
 
 
 def kind_of(values: dict[str, Any]) -> str:
@@ -298,16 +275,16 @@ def timed_out(target: Target, seconds: float) -> ConnectionTestResult:
 def _result(
     target: Target, kind: str | None, ok: bool, seconds: float, message: str, row: str | None
 ) -> ConnectionTestResult:
-    secrets = target.secrets
+    mask = target.redactor.mask
     return ConnectionTestResult(
         id=target.id,
         type=kind,
-        target=mask(describe(target.values), secrets),
-        query=mask(target.query, secrets),
+        target=mask(describe(target.values)),
+        query=mask(target.query),
         ok=ok,
         seconds=round(seconds, 4),
-        message=mask(message, secrets),
-        result=mask(row, secrets) if row is not None else None,
+        message=mask(message),
+        result=mask(row) if row is not None else None,
     )
 
 

@@ -28,6 +28,7 @@ from dte_tools.wire import (
     PROTOCOL,
     RUN_SIGNER_PREFIX,
     WORKER_OPS,
+    loads_strict,
     sign,
     verify,
 )
@@ -146,9 +147,12 @@ class ControlServer:
                 "key in duftd's connection file (or the worker's run token)"
             )
         try:
-            envelope = Envelope.model_validate_json(body)
+            envelope = Envelope.model_validate(loads_strict(body))
         except ValidationError as error:
             raise BadRequestError(f"bad request body: {_summary(error)}") from None
+        except (ValueError, RecursionError) as error:  # not strict JSON, or nested too deeply
+            detail = str(error) if isinstance(error, ValueError) else "nested too deeply"
+            raise BadRequestError(f"bad request body: {detail}") from None
         self._replays.check(envelope.id, float(envelope.ts))
         return key, caller, envelope
 

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from dte_tools.wire import MASK, Kind
+from dte_tools.redact import Redactor
+from dte_tools.wire import Kind
 from duftd.publisher import Publisher
 from duftd.store import EventRow, Store
 
@@ -54,19 +55,15 @@ class RunChannel:
     lost: Counter[str] = field(default_factory=Counter)  # events that could not be stored, by why
     topic: bytes = b""
     task_json: str = ""
+    redactor: Redactor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.topic = f"ev/{self.task_id}/{self.run_id}/".encode()
         self.task_json = json.dumps(self.task_id)
-        # A secret can appear raw in text or JSON-escaped inside the encoded data.
-        forms = {form for s in self.secrets for form in (s, json.dumps(s)[1:-1]) if form}
-        self.secrets = tuple(sorted(forms, key=len, reverse=True))
+        self.redactor = Redactor(self.secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return self.redactor.mask(text)
 
 
 def _depth(value: Any) -> int:
@@ -226,7 +223,7 @@ class EventPipeline:
             channel.last_seq += 1
             seq = channel.last_seq
             text = _encode(data)
-            if channel.secrets:
+            if channel.redactor:
                 text = channel.redact(text)
             rows.append((channel.run_id, seq, ts, kind, text))
             by_run.setdefault(channel, []).append(

@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from dte_tools.wire import ACTIVE_STATES, FINAL_STATES, Op
+from dte_tools.wire import ACTIVE_STATES, FINAL_STATES, MAX_NAME_LENGTH, Op
 
 StateName = Annotated[
     str, Field(pattern="^(" + "|".join(sorted(ACTIVE_STATES | FINAL_STATES)) + ")$")
 ]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
 class Strict(BaseModel):

@@ -1,9 +1,14 @@
 """The daemon: start-up, serving, shutdown, as three phases.
 
-Start-up takes the state folder's lock, loads the config, opens the store, binds the
-three sockets, reconciles runs a previous daemon left behind and writes the connection
-file. Shutdown cancels live runs (recorded as cancelled), drains the event pipeline,
-closes the store and the sockets, and removes the connection file.
+Start-up makes the state folder private, takes its lock, loads the config, opens the
+store, binds the three sockets, reconciles runs a previous daemon left behind and writes
+the connection file. Shutdown cancels live runs (recorded as cancelled), drains the event
+pipeline, closes the store and the sockets, and removes the connection file.
+
+Who may talk to the daemon: each socket listens on ``ipc://<state>/<name>.ipc`` inside the
+owner-only state folder, so the filesystem keeps other users out at no cost per message;
+asked for tcp (``--host``/``--port``/``--curve-dir``), it also listens there, always under
+CURVE, with keys from ``--curve-dir`` or made at start (:mod:`duftd.curve`).
 """
 
 from __future__ import annotations
@@ -15,22 +20,22 @@ import gc
 import os
 import secrets
 import shutil
-import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from socket import getfqdn
+from typing import IO, Any, Literal
 
 import structlog
 import zmq
 import zmq.asyncio
-import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from dte_tools import locate
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
-from duftd import __version__, connection_file, curve
+from duftd import __version__, connection_file, curve, spawn
 from duftd.addresses import is_loopback
 from duftd.cluster.connect import DaskSettings, dask_settings
 from duftd.cluster.launcher import DaemonSide, DaskLauncher, RunKeys
@@ -49,6 +54,9 @@ from duftd.store import Store
 log = structlog.get_logger("duftd")
 
 DEFAULT_PORT = 7470
+DEFAULT_HOST = "127.0.0.1"
+# Everything the daemon and its workers create is its owner's alone (runs, notebooks, logs).
+PRIVATE_UMASK = 0o077
 RETENTION_INTERVAL_S = 3600.0
 # Fewer, cheaper collections: event dicts are short-lived and acyclic.
 GC_THRESHOLDS = (20_000, 50, 1000)
@@ -59,19 +67,43 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 class DaemonOptions:
     config_dir: Path
     state_dir: Path
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT  # control; ingest and events take the next two (0: any free)
+    # tcp is off unless one of host, port or curve_dir is given; then port is control's,
+    # ingest and events take the next two (0: any free).
+    host: str | None = None
+    port: int | None = None
     max_concurrent: int = os.cpu_count() or 2
     cancel_grace_s: float = 5.0
     retention_days: float | None = 90.0
     retention_runs: int | None = 500
     curve_dir: Path | None = None
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.workers)
+    containment: Literal["auto", "subreaper"] = "auto"  # subreaper: never cgroups
     strict_connections: bool = False  # refuse connections a task does not declare
     # Where runs execute (duftd.runs.launchers); None: the "launcher" setting, else local.
     launcher: str | None = None
     dask: DaskSettings | None = None  # --dask-scheduler and its TLS files
     dask_data_dir: str | None = None  # a data folder every Dask worker shares, if any
+
+    @property
+    def tcp(self) -> bool:
+        return self.host is not None or self.port is not None or self.curve_dir is not None
+
+
+def make_private(folder: Path) -> int:
+    """Create ``folder`` owner-only, or take away what others may do in it and in everything
+    it holds (a folder made by an older duftd, or by hand); returns how many entries
+    were tightened."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tightened = 0
+    for path in [folder, *folder.rglob("*")]:
+        try:
+            mode = path.lstat().st_mode
+        except OSError:  # removed meanwhile
+            continue
+        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+            path.chmod(stat.S_IMODE(mode) & 0o700)
+            tightened += 1
+    return tightened
 
 
 class Daemon:
@@ -87,31 +119,44 @@ class Daemon:
         self.endpoints: dict[str, str] = {}
         self.curve: curve.CurveKeys | None = None
         self._authenticator: AsyncioAuthenticator | None = None
-        # Where workers reach control and ingest: the public endpoints, or under CURVE
-        # ipc endpoints in the state folder (NULL mechanism; workers never hold keys).
+        # Where workers reach control and ingest: always the ipc endpoints in the state
+        # folder (NULL mechanism; workers never hold keys).
         self.worker_endpoints: dict[str, str] = {}
         self.dask: DaskSettings | None = None
         self.run_keys = RunKeys()
+        self._ipc_paths: list[Path] = []
 
     # -- start-up --------------------------------------------------------------
 
     async def start(self) -> None:
         options = self.options
-        if not is_loopback(options.host) and options.curve_dir is None:
+        host = options.host or DEFAULT_HOST
+        if not is_loopback(host) and options.curve_dir is None:
             raise StartupError(
-                f"refusing to listen on {options.host}: a non-loopback address needs CURVE "
+                f"refusing to listen on {host}: a non-loopback address needs CURVE "
                 "keys (--curve-dir with server.key_secret and clients/*.key)"
             )
         if options.curve_dir is not None:
             self.curve = curve.load(options.curve_dir)
-        options.state_dir.mkdir(parents=True, exist_ok=True)
+        elif options.tcp:
+            self.curve = curve.generate()
+        os.umask(PRIVATE_UMASK)
+        tightened = make_private(options.state_dir)
+        if tightened:
+            log.warning(
+                "state folder was open to other users; made it owner-only",
+                state=str(options.state_dir),
+                entries=tightened,
+            )
         self._take_lock()
+        subreaper = options.containment == "subreaper"
+        log.info("run containment", mechanism=spawn.contain_workers(subreaper))
         config = self._load_config()
         self.dask = dask_settings(options.launcher, options.dask, config.user.settings)
-        if self.dask is not None and self.curve is None:
+        if self.dask is not None and not options.tcp:
             raise StartupError(
-                "--launcher dask needs CURVE keys (--curve-dir): Dask workers dial back to "
-                "duftd over tcp, and only under CURVE"
+                "--launcher dask needs duftd on tcp (--host/--port; always under CURVE): "
+                "Dask workers dial back to its control socket"
             )
         self.store = await Store.open(options.state_dir / "runs.sqlite")
         key = secrets.token_hex(32)
@@ -170,7 +215,7 @@ class Daemon:
                 "protocol": PROTOCOL_VERSION,
                 "started_at": self.started_at,
                 "config": str(config.root),
-                **({"curve_server_key": self.curve.public.decode()} if self.curve else {}),
+                **(self.curve.connection_info() if self.curve else {}),
             },
         )
         log.info(
@@ -180,7 +225,9 @@ class Daemon:
             state=str(options.state_dir),
             connection_file=str(path),
             runs_marked_lost=lost,
-            curve=self.curve is not None,
+            access="CURVE on tcp, ipc in the owner-only state folder"
+            if self.curve
+            else "ipc in the owner-only state folder",
             **self.endpoints,
         )
 
@@ -213,19 +260,17 @@ class Daemon:
         return config
 
     def _bind(self) -> dict[str, zmq.asyncio.Socket]:
-        options = self.options
         keys = self.curve
         if keys is not None:
-            # Checks every CURVE peer's key against clients/ (loaded once, at start-up).
-            # NULL peers (the ipc endpoints below) are not sent to it: no ZAP domain is set.
+            # Checks every CURVE peer's key (tcp only: the ipc endpoints set no ZAP domain,
+            # so their NULL peers are never sent to it).
             self._authenticator = AsyncioAuthenticator(self.context)
             self._authenticator.start()
             if self.dask is not None:  # the clients, and one key per run on the cluster
-                clients = zmq.auth.load_certificates(str(keys.clients_dir))
-                self.run_keys = RunKeys(clients=set(clients))
+                self.run_keys.clients = keys.allowed_keys()
                 self._authenticator.configure_curve_callback("*", self.run_keys)
             else:
-                self._authenticator.configure_curve(domain="*", location=str(keys.clients_dir))
+                keys.allow_clients(self._authenticator)
         kinds = {"control": zmq.ROUTER, "ingest": zmq.PULL, "events": zmq.PUB}
         sockets = {}
         for offset, (name, kind) in enumerate(kinds.items()):
@@ -238,39 +283,48 @@ class Daemon:
                 # A message is a batch of up to 500 events: a short queue bounds memory,
                 # and a full one makes workers wait instead of the daemon swelling.
                 socket.rcvhwm = 100
-            port = "*" if options.port == 0 else str(options.port + offset)
+            # First the ipc endpoint: libzmq takes a socket's options at each bind, and
+            # this one is no CURVE server.
+            self.endpoints[name] = self._bind_ipc(socket, name)
+            if name != "events":
+                self.worker_endpoints[name] = self.endpoints[name]
             if keys is not None:
-                socket.curve_secretkey = keys.secret
-                socket.curve_publickey = keys.public
-                socket.curve_server = True
-            try:
-                socket.bind(f"tcp://{options.host}:{port}")
-            except zmq.ZMQError as error:
-                raise StartupError(
-                    f"cannot listen on tcp://{options.host}:{port} for {name}: {error}; "
-                    "pick another --port (0 picks free ports)"
-                ) from None
-            self.endpoints[name] = socket.last_endpoint.decode()
-            self.worker_endpoints[name] = self.endpoints[name]
-            if keys is not None and name != "events":
-                self.worker_endpoints[name] = self._bind_worker_ipc(socket, name)
+                self.endpoints[name] = self._bind_tcp(socket, name, offset, keys)
             sockets[name] = socket
         return sockets
 
-    def _bind_worker_ipc(self, socket: zmq.asyncio.Socket, name: str) -> str:
-        """Bind ``<state>/<name>.ipc`` with the NULL mechanism, owner-only, for workers."""
+    def _bind_ipc(self, socket: zmq.asyncio.Socket, name: str) -> str:
+        """Bind ``<state>/<name>.ipc`` (NULL mechanism), owner-only like its folder."""
         path = self.options.state_dir / f"{name}.ipc"
         endpoint = f"ipc://{path}"
-        # libzmq takes a socket's options at each bind: this endpoint is not a CURVE server.
-        socket.curve_server = False
         try:
             socket.bind(endpoint)  # replaces a file a crashed daemon left (we hold the lock)
         except zmq.ZMQError as error:
             raise StartupError(
-                f"cannot listen on {endpoint} for workers: {error}; "
-                "a shorter --state-dir path may help (ipc paths are limited to ~100 bytes)"
+                f"cannot listen on {endpoint}: {error}; a shorter --state-dir path may help "
+                "(ipc paths are limited to ~100 bytes)"
             ) from None
         path.chmod(0o600)
+        self._ipc_paths.append(path)
+        return socket.last_endpoint.decode()
+
+    def _bind_tcp(
+        self, socket: zmq.asyncio.Socket, name: str, offset: int, keys: curve.CurveKeys
+    ) -> str:
+        """Bind the tcp endpoint as a CURVE server (only allowed client keys get in)."""
+        host = self.options.host or DEFAULT_HOST
+        base = DEFAULT_PORT if self.options.port is None else self.options.port
+        port = "*" if base == 0 else str(base + offset)
+        socket.curve_secretkey = keys.secret
+        socket.curve_publickey = keys.public
+        socket.curve_server = True
+        try:
+            socket.bind(f"tcp://{host}:{port}")
+        except zmq.ZMQError as error:
+            raise StartupError(
+                f"cannot listen on tcp://{host}:{port} for {name}: {error}; "
+                "pick another --port (0 picks free ports)"
+            ) from None
         return socket.last_endpoint.decode()
 
     def _dask_launcher(self) -> DaskLauncher | None:
@@ -281,7 +335,7 @@ class Daemon:
         control = self.endpoints["control"]
         host = self.options.host
         if host in ("0.0.0.0", "::", "*"):  # bound everywhere: give workers a dialable name
-            control = control.replace(f"//{host}:", f"//{socket.getfqdn()}:", 1)
+            control = control.replace(f"//{host}:", f"//{getfqdn()}:", 1)
         daemon = DaemonSide(control, self.curve.public.decode())
         return DaskLauncher(
             self.dask, self.pipeline, daemon, self.run_keys, self.options.dask_data_dir
@@ -331,19 +385,21 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
+        spawn.release_containment()
         if self._authenticator is not None:
             self._authenticator.stop()
         self.context.destroy(linger=0)
-        self._remove_worker_ipc()
+        self._remove_ipc()
         connection_file.remove(self.options.state_dir, os.getpid())
         if self._lock is not None:
             self._lock.close()
         log.info("duftd stopped")
 
-    def _remove_worker_ipc(self) -> None:
-        for endpoint in self.worker_endpoints.values():
-            if endpoint.startswith("ipc://"):
-                Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+    def _remove_ipc(self) -> None:
+        """Remove the ipc files this daemon bound (never another daemon's: a start refused
+        for a held lock stops too)."""
+        for path in self._ipc_paths:
+            path.unlink(missing_ok=True)
 
 
 async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:

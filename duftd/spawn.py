@@ -1,7 +1,10 @@
 """The only place duftd starts or signals a process.
 
 Every worker gets its own session (and so its own process group), so one signal to the
-group reaches the task and everything it started, a notebook's kernel included.
+group reaches the task and everything it started. Where the machine allows, each worker
+also gets its own cgroup (:mod:`duftd.containment`), which holds every process it starts
+however it detaches, so ending a run ends them all; elsewhere each worker runs under a
+subreaper launcher (:mod:`duftd.reaper`) that does the same when the worker ends.
 """
 
 from __future__ import annotations
@@ -10,13 +13,43 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from pathlib import Path
+
+from dte_tools.wire import ENV_WORKER_ID
+from duftd import reaper
+from duftd.containment import CgroupTree
 
 # Environment passed through to workers: what programs need to behave, nothing secret.
 PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 # Workers run a little below the daemon's priority: tasks are batch work, while the
 # daemon must keep answering clients and storing events however hard they run.
 WORKER_NICENESS = 5
+
+# How workers are contained, chosen by contain_workers() at daemon start: the cgroup tree
+# they are put in, or else subreaper launchers (whose live pids are kept).
+_cgroups: CgroupTree | None = None
+_reaper = False
+_launchers: set[int] = set()
+
+
+def contain_workers(subreaper: bool = False) -> str:
+    """Choose how workers are contained (once, at start): a cgroup each where the machine
+    allows and ``subreaper`` is not asked for, else a subreaper launcher each; returns
+    what was chosen."""
+    global _cgroups, _reaper
+    _cgroups = None if subreaper else CgroupTree.find()
+    _reaper = _cgroups is None
+    if _cgroups is not None:
+        return f"cgroup v2 per worker under {_cgroups.base}"
+    why = "asked for" if subreaper else "no writable cgroup v2 with cgroup.kill here"
+    return f"a subreaper launcher per worker ({why})"
+
+
+def release_containment() -> None:
+    """Remove the (empty) cgroups this daemon made, at its stop."""
+    if _cgroups is not None:
+        _cgroups.close()
 
 
 def worker_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -37,6 +70,8 @@ async def start_worker(
 ) -> asyncio.subprocess.Process:
     """Start a worker in a new session, its output into the given pipes, ``pass_fds``
     inherited, and its stdin a pipe (where it is handed its job)."""
+    if _reaper:
+        argv = [sys.executable, "-I", reaper.__file__, *argv]
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
@@ -47,6 +82,11 @@ async def start_worker(
         pass_fds=pass_fds,
         start_new_session=True,
     )
+    # Python has not run a line of the task yet, so nothing it starts can be outside.
+    if _cgroups is not None and ENV_WORKER_ID in env:
+        _cgroups.adopt(env[ENV_WORKER_ID], process.pid)
+    if _reaper:
+        _launchers.add(process.pid)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)
     return process
@@ -74,11 +114,17 @@ async def wait_exit(process: asyncio.subprocess.Process) -> int:
     # The child watcher reaps it a moment later and offers nothing to await.
     while process.returncode is None:  # noqa: ASYNC110
         await asyncio.sleep(0.001)
+    _launchers.discard(process.pid)
     return process.returncode
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Send ``sig`` to a whole process group; False when no process of it is left."""
+    """Send ``sig`` to a whole process group; False when no process of it is left.
+
+    A launcher's group is the launcher alone: it passes SIGTERM on, and is asked to kill
+    everything of its worker instead of being SIGKILLed (which would free the orphans)."""
+    if sig == signal.SIGKILL and pgid in _launchers:
+        sig = reaper.KILL_NOW
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
@@ -109,7 +155,8 @@ def processes_with_env(entry: str) -> list[int]:
     """Pids of processes whose environment holds exactly ``entry`` (``NAME=value``).
 
     Every process of a run inherits its worker id, even one that left the run's process
-    group (a Jupyter kernel starts its own session), so this finds them all.
+    group (a Jupyter kernel starts its own session), unless it scrubbed its environment:
+    the cgroup is what finds those.
     """
     needle = b"\0" + entry.encode() + b"\0"
     found = []
@@ -119,12 +166,14 @@ def processes_with_env(entry: str) -> list[int]:
     return found
 
 
-def kill_marked(entry: str) -> int:
-    """SIGKILL every process (and its group) whose environment holds ``entry``."""
-    pids = processes_with_env(entry)
-    for pid in pids:
+def kill_worker(worker_id: str) -> int:
+    """SIGKILL every process of a worker: all of its cgroup, and any process (with its
+    group) carrying its marker; returns how many there were."""
+    contained = _cgroups.kill(worker_id) if _cgroups is not None else set()
+    marked = processes_with_env(f"{ENV_WORKER_ID}={worker_id}")
+    for pid in marked:
         try:
             signal_group(os.getpgid(pid), signal.SIGKILL)
         except ProcessLookupError:
             continue
-    return len(pids)
+    return len(contained | set(marked))

@@ -102,8 +102,6 @@ class DaemonProcess:
                     "duftd",
                     "--config",
                     str(self.config_dir),
-                    "--port",
-                    "0",
                     *self.extra_args,
                 ],
                 env=self.env,
@@ -118,7 +116,8 @@ class DaemonProcess:
         if self.process.poll() is not None:
             raise AssertionError(f"duftd exited with {self.process.returncode}:\n{self.log_text()}")
         self.client = BusClient(ConnectionInfo.load(self.state_dir))
-        self.control_endpoint = self.client.info.control
+        # Where its workers reach it (their environment names it), whatever clients use.
+        self.control_endpoint = f"ipc://{self.state_dir.resolve() / 'control.ipc'}"
         return self
 
     def log_text(self) -> str:

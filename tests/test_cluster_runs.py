@@ -15,7 +15,6 @@ from typing import Any
 
 import nbformat
 import pytest
-import zmq.auth
 
 from dte_tools.wire import State
 from tests.dask_cluster import DaskCluster, dask_cluster
@@ -79,27 +78,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
     yield from dask_cluster(tmp_path_factory.mktemp("dask"))
 
 
-@pytest.fixture(scope="module")
-def curve_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A --curve-dir whose one client key this test process holds."""
-    folder = tmp_path_factory.mktemp("curve")
-    (folder / "clients").mkdir()
-    zmq.auth.create_certificates(folder, "server")
-    public, secret = zmq.auth.create_certificates(folder, "tests")
-    Path(public).rename(folder / "clients" / "tests.key")
-    before = os.environ.get("DUFT_CURVE_CLIENT_KEY")
-    os.environ["DUFT_CURVE_CLIENT_KEY"] = secret
-    yield folder
-    if before is None:
-        del os.environ["DUFT_CURVE_CLIENT_KEY"]
-    else:
-        os.environ["DUFT_CURVE_CLIENT_KEY"] = before
-
-
-def dask_args(cluster: DaskCluster, curve_dir: Path, address: str | None = None) -> list[str]:
+def dask_args(cluster: DaskCluster, address: str | None = None) -> list[str]:
+    """duftd on free tcp ports (always CURVE, keys made at start) placing runs on ``cluster``."""
     tls = cluster.tls
     return [
-        "--curve-dir", str(curve_dir), "--launcher", "dask",
+        "--port", "0", "--launcher", "dask",
         "--dask-scheduler", address or cluster.address, "--dask-tls-ca", str(tls.ca),
         "--dask-tls-cert", str(tls.cert), "--dask-tls-key", str(tls.key),
     ]  # fmt: skip
@@ -107,7 +90,7 @@ def dask_args(cluster: DaskCluster, curve_dir: Path, address: str | None = None)
 
 @pytest.fixture(scope="module")
 def daemon(
-    cluster: DaskCluster, curve_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    cluster: DaskCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaemonProcess]:
     folder = tmp_path_factory.mktemp("daemon")
     config = copy_config(folder / "duft-config")
@@ -125,7 +108,7 @@ def daemon(
         "env = initialise_data_task('nb', params=params)\nenv.log_message('from a cell')",
         "print(6 * 7)",
     ])  # fmt: skip
-    daemon = DaemonProcess(config, folder / "state", folder / "data", dask_args(cluster, curve_dir))
+    daemon = DaemonProcess(config, folder / "state", folder / "data", dask_args(cluster))
     try:
         yield daemon.start()
     finally:
@@ -303,7 +286,7 @@ def test_a_killed_dask_worker_loses_the_run_once(
 
 
 def test_an_unreachable_scheduler_queues_runs_and_health_says_so(
-    cluster: DaskCluster, curve_dir: Path, tmp_path: Path
+    cluster: DaskCluster, tmp_path: Path
 ) -> None:
     """With the scheduler unreachable the daemon still starts; health says it is not
     connected and why, and a submitted run waits."""
@@ -311,7 +294,7 @@ def test_an_unreachable_scheduler_queues_runs_and_health_says_so(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = copy_config(tmp_path / "duft-config")
-    args = dask_args(cluster, curve_dir, f"tls://127.0.0.1:{port}")
+    args = dask_args(cluster, f"tls://127.0.0.1:{port}")
     daemon = DaemonProcess(config, tmp_path / "state", tmp_path / "data", args).start()
     try:
 
@@ -331,19 +314,19 @@ def test_an_unreachable_scheduler_queues_runs_and_health_says_so(
 @pytest.mark.parametrize(
     ("args", "refusal"),
     [
-        (["--launcher", "dask", "--dask-scheduler", "tcp://10.1.2.3:8786", "--curve-dir", "C"],
+        (["--launcher", "dask", "--dask-scheduler", "tcp://10.1.2.3:8786", "--port", "0"],
          "not on this machine and not tls://"),
-        (["--launcher", "dask", "--dask-scheduler", "tls://127.0.0.1:8786"], "needs CURVE keys"),
-        (["--launcher", "dask", "--curve-dir", "C"], "needs --dask-scheduler"),
+        (["--launcher", "dask", "--dask-scheduler", "tls://127.0.0.1:8786"], "needs duftd on tcp"),
+        (["--launcher", "dask", "--port", "0"], "needs --dask-scheduler"),
     ],
 )  # fmt: skip
-def test_refusals_at_start(args: list[str], refusal: str, curve_dir: Path, tmp_path: Path) -> None:
+def test_refusals_at_start(args: list[str], refusal: str, tmp_path: Path) -> None:
     """duftd refuses to start with a scheduler that would carry jobs in the clear, without
-    CURVE for the workers to dial back, or without a scheduler, saying why."""
-    args = [str(curve_dir) if arg == "C" else arg for arg in args]
+    tcp (always under CURVE) for the workers to dial back, or without a scheduler, saying
+    why."""
     config = copy_config(tmp_path / "duft-config")
     done = subprocess.run(
-        [sys.executable, "-m", "duftd", "--config", str(config), "--port", "0",
+        [sys.executable, "-m", "duftd", "--config", str(config),
          "--state-dir", str(tmp_path / "state"), *args],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from clients.bus import DaemonError
+from dte_tools.redact import MASK, Redactor
 from dte_tools.wire import Op
 from duftd import connections
 from duftd.config import load_config
@@ -156,7 +157,7 @@ def test_bus_reports_success_with_time_and_failures_with_driver_errors(
 
     echoed = test("MY_ECHO")
     assert not echoed["ok"] and "doesn't exist" in echoed["message"]
-    assert connections.MASK in echoed["message"] and connections.MASK in echoed["query"]
+    assert MASK in echoed["message"] and MASK in echoed["query"]
 
     refused = test("MSSQL", timeout_s=1)  # python-tds retries until its login timeout
     assert not refused["ok"] and refused["type"] == "mssql"
@@ -232,5 +233,5 @@ def test_direct_results_match_the_types_and_mask_every_form_of_a_secret(
 
     secret = 'p@ss "w0rd"/%'
     text = f"raw {secret} json {json.dumps(secret)} repr {secret!r} url p%40ss%20%22w0rd%22%2F%25"
-    masked = connections.mask(text, [secret])
-    assert "w0rd" not in masked and masked.count(connections.MASK) == 4
+    masked = Redactor([secret]).mask(text)
+    assert "w0rd" not in masked and masked.count(MASK) == 4

@@ -50,7 +50,7 @@ def curve_daemon(
 ) -> DaemonProcess:
     """A daemon requiring CURVE on loopback; this test process holds the allowed client key."""
     monkeypatch.setenv("DUFT_CURVE_CLIENT_KEY", str(keys.allowed))
-    return daemon_factory(config_dir, "--curve-dir", str(keys.curve_dir))
+    return daemon_factory(config_dir, "--curve-dir", str(keys.curve_dir), "--port", "0")
 
 
 class CurveSocket(RawSocket):
@@ -156,3 +156,35 @@ def test_missing_server_certificate_is_explained(config_dir: Path, tmp_path: Pat
     assert result.returncode == 2
     assert "server.key_secret" in result.stderr
     assert "zmq.auth.create_certificates" in result.stderr
+
+
+def test_tcp_without_curve_dir_uses_keys_made_at_start(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """Asked for tcp without --curve-dir, the daemon requires CURVE with keys it made: the
+    owner's clients (reading the connection file) run a task; a plain client, and a CURVE
+    client with another keypair, get no answer and no event."""
+    daemon = daemon_factory(config_dir, "--port", "0")
+    info = daemon.client.info
+    assert info.control.startswith("tcp://") and info.curve_server_key and info.curve_client
+    wallet = daemon.state_dir.parent / "wallet"
+    wallet.mkdir()
+    _, stranger = zmq.auth.create_certificates(wallet, "stranger")
+    with (
+        RawSocket(zmq.DEALER, info.control) as plain,
+        CurveSocket(zmq.DEALER, info.control, Path(stranger), info.curve_server_key) as other,
+        RawSocket(zmq.SUB, info.events) as plain_sub,
+        CurveSocket(zmq.SUB, info.events, Path(stranger), info.curve_server_key) as other_sub,
+    ):
+        plain_sub.socket.subscribe(b"")
+        other_sub.socket.subscribe(b"")
+        plain.send(health_frames(info))
+        other.send(health_frames(info))
+        run_id = daemon.submit("SAMPLE", name="Arya", sleep_time=0, steps=2)["run"]["id"]
+        assert daemon.wait_final(run_id)["state"] == "succeeded"
+        with BusClient(info) as client:  # follows the run's events over CURVE
+            events = list(client.follow(run_id))
+        assert any("Arya" in e["data"].get("message", "") for e in events)
+        assert plain.recv(NO_ANSWER_WAIT_S) is None
+        assert other.recv(NO_ANSWER_WAIT_S) is None
+        assert plain_sub.drain() == [] and other_sub.drain() == []

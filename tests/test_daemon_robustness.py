@@ -41,14 +41,18 @@ def envelope(op: object, args: object) -> bytes:
     return json.dumps({"op": op, "id": uuid.uuid4().hex, "ts": time.time(), "args": args}).encode()
 
 
-def send_raw_tcp(endpoint: str, payload: bytes) -> None:
-    """Connect to a ZeroMQ endpoint with plain TCP, send bytes that are no ZMTP, and leave."""
+def send_raw_stream(endpoint: str, payload: bytes) -> None:
+    """Connect to a ZeroMQ tcp or ipc endpoint with a plain stream socket, send bytes that
+    are no ZMTP, and leave."""
     address = urlparse(endpoint)
+    if address.scheme == "ipc":
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(5)
+        raw.connect(endpoint.removeprefix("ipc://"))
+    else:
+        raw = socket.create_connection((address.hostname, address.port), timeout=5)
     # The peer may hang up on us mid-way: a fine answer.
-    with (
-        socket.create_connection((address.hostname, address.port), timeout=5) as raw,
-        contextlib.suppress(OSError),
-    ):
+    with raw, contextlib.suppress(OSError):
         raw.sendall(payload)
 
 
@@ -118,8 +122,8 @@ def test_garbage_on_every_socket_leaves_the_daemon_serving(
         publisher_peer.send([b"\x02", b"two", b"three"])
         publisher_peer.send([bytes(BIG)])
     for endpoint in (info.control, info.ingest, info.events):
-        send_raw_tcp(endpoint, os.urandom(64 * 1024))
-        send_raw_tcp(endpoint, b"\xff" + bytes(8) + b"\x7f" + os.urandom(1000))  # a bogus greeting
+        send_raw_stream(endpoint, os.urandom(64 * 1024))
+        send_raw_stream(endpoint, b"\xff" + bytes(8) + b"\x7f" + os.urandom(1000))  # bogus greeting
 
     health = daemon.request(Op.HEALTH)
     assert health["pid"] == daemon.process.pid

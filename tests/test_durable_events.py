@@ -316,3 +316,31 @@ def test_restart_masks_a_notebook_an_orphaned_runner_left(
     assert run["state"] == "lost", run
     assert secret not in output.read_text(encoding="utf-8")
     assert "the password is ********" in output.read_text(encoding="utf-8")
+
+
+def test_a_helper_script_the_task_runs_logs_into_the_same_durable_channel(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """A program the task starts opens the task's channel too: a helper script's log line
+    is stored even when the task hard-exits right after it."""
+    helper = "from dte_tools import initialise_data_task\n" + (
+        "initialise_data_task('helper').log_message('from the helper')\n"
+    )
+    code = (
+        "import os, subprocess, sys\nfrom dte_tools import initialise_data_task\n"
+        "environment = initialise_data_task('parent')\n"
+        "environment.log_message('before the helper')\n"
+        f"subprocess.run([sys.executable, '-c', {helper!r}], check=True)\n"
+        "environment.log_message('after the helper')\n"
+        "os._exit(0)\n"
+    )
+    add_script_task(config_dir, "HELPER", code)
+    daemon = daemon_factory(config_dir)
+    run = daemon.wait_final(daemon.submit("HELPER")["run"]["id"])
+    assert run["state"] == "succeeded", run
+    assert log_messages(daemon.events(run["id"])) == [
+        "before the helper",
+        "from the helper",
+        "after the helper",
+    ]
+    assert daemon.request(Op.HEALTH)["dropped"] == {}

@@ -26,6 +26,7 @@ from typing import Any
 
 from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
 from dte_tools import locate
+from dte_tools.redact import MASK, is_secret_key
 from dte_tools.wire import Op
 from duftd import connections
 from duftd.config import ConnectionSpec, LoadedConfig, load_config
@@ -177,9 +178,7 @@ def cmd_set_connection(args: argparse.Namespace) -> int:
         print(f"duft: {error}", file=sys.stderr)
         return 2
     shown = [
-        f"{key}=********"
-        if key in secret_fields or connections.is_secret_key(key)
-        else f"{key}={value}"
+        f"{key}={MASK}" if key in secret_fields or is_secret_key(key) else f"{key}={value}"
         for key, value in values.items()
     ]
     print(f"{args.id}: set {', '.join(shown)} in {path}")

@@ -18,7 +18,18 @@ import zmq
 state_dir = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DUFT_STATE_DIR", ".duftd"))
 info = json.loads((state_dir / "duftd.json").read_text())
 
+
+def secure(socket: zmq.Socket) -> None:
+    """A daemon listening on tcp requires CURVE: use the client keypair it made (in the
+    connection file). Over ipc (the default) there is nothing to do."""
+    if "curve_client_secret" in info:
+        socket.curve_serverkey = info["curve_server_key"].encode()
+        socket.curve_publickey = info["curve_client_public"].encode()
+        socket.curve_secretkey = info["curve_client_secret"].encode()
+
+
 subscriber = zmq.Context().socket(zmq.SUB)
+secure(subscriber)
 subscriber.connect(info["events"])
 subscriber.subscribe(b"ev/")  # everything; b"ev/SAMPLE/" for one task, b"ev/SAMPLE/7/" for one run
 print(f"following {info['events']} (Ctrl-C to stop)", file=sys.stderr)

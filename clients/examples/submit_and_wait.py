@@ -22,7 +22,18 @@ state_dir = Path(sys.argv[3] if len(sys.argv) > 3 else os.environ.get("DUFT_STAT
 info = json.loads((state_dir / "duftd.json").read_text())
 key = info["key"].encode()
 
+
+def secure(socket: zmq.Socket) -> None:
+    """A daemon listening on tcp requires CURVE: use the client keypair it made (in the
+    connection file). Over ipc (the default) there is nothing to do."""
+    if "curve_client_secret" in info:
+        socket.curve_serverkey = info["curve_server_key"].encode()
+        socket.curve_publickey = info["curve_client_public"].encode()
+        socket.curve_secretkey = info["curve_client_secret"].encode()
+
+
 control = zmq.Context().socket(zmq.DEALER)
+secure(control)
 control.connect(info["control"])
 
 

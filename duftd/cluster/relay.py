@@ -22,6 +22,7 @@ import json
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -253,9 +254,23 @@ def _request_id(body: bytes) -> str:
     return found if isinstance(found, str) else ""
 
 
+_containment_chosen = threading.Lock()
+_containment: str | None = None
+
+
+def _contain_workers() -> None:
+    """Choose, once per Dask worker process, how run workers are contained (as duftd does
+    at its start: a cgroup each where the machine allows, else a subreaper launcher)."""
+    global _containment
+    with _containment_chosen:
+        if _containment is None:
+            _containment = spawn.contain_workers()
+
+
 def run_here(spec: dict[str, Any], where: dict[str, str], local: Path) -> dict[str, Any]:
     """One run on this Dask worker: claim it (a second start of the same run is refused),
     unpack its task folder, run its worker through a :class:`Relay`."""
+    _contain_workers()
     job = Job(**spec["job"])
     relay = Relay(
         int(spec["run_id"]), job.env[wire.ENV_RUN_TOKEN].encode(), DaemonAddress(**spec["daemon"])

@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from dte_tools.redact import MIN_SECRET_LENGTH, short_secrets
 from duftd.config.model import (
     ConnectionParam,
     ConnectionSpec,
@@ -293,6 +294,17 @@ class _Loader(Reporter):
             message += f" (did you mean {close[0]}?)" if close else ""
             message += "" if cid in listed else "; no task can receive them"
             self.report("warning", user_rel, message, connection=cid, field=field)
+        for cid, entry in values.items():
+            spec = config.system_connections.get(cid) or next(
+                (c[cid] for c in config.app_connections.values() if cid in c), None
+            )
+            fields = spec.password_fields if spec is not None else set()
+            for key in short_secrets(entry, fields):
+                message = (
+                    f"the {key} value is shorter than {MIN_SECRET_LENGTH} characters, so it is "
+                    "not treated as a password (not masked in logs); set a longer one"
+                )
+                self.report("warning", user_rel, message, connection=cid, field=f"{field}.{key}")
         for cid, addresses in used.items():
             if cid not in values:
                 message = (

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dte_tools.wire import SECRET_KEY_PATTERN
+from dte_tools import redact
 from duftd.config.model import LoadedConfig, TaskSpec
 from duftd.errors import ParameterError, UnknownConnectionError
-
-_SECRET_KEY = re.compile(SECRET_KEY_PATTERN, re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -163,12 +160,5 @@ def secret_values(config: LoadedConfig, task: TaskSpec) -> list[str]:
     fetchable = {**config.user.data_connection_parameters, **resolve_connections(config, task)}
     for cid, values in fetchable.items():
         spec = specs.get(cid)
-        password_fields = spec.password_fields if spec is not None else set()
-        for key, value in values.items():
-            if key not in password_fields and not _SECRET_KEY.search(key):
-                continue
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                value = str(value)
-            if isinstance(value, str) and value:
-                secrets.add(value)
+        secrets |= redact.secret_values(values, spec.password_fields if spec else ())
     return sorted(secrets, key=lambda s: (-len(s), s))

@@ -23,6 +23,7 @@ import re
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
+from dte_tools.wire import MAX_NAME_LENGTH
 from duftd.config.model import ParameterSpec, TaskSpec, script_file_problem
 from duftd.config.source import JsonDoc, Reporter, Where, json_type, keep_extra, unknown_hint
 
@@ -133,6 +134,13 @@ class _TaskBuilder:
             self.error("id", f"task id {tid!r} {problem}: {topics}")
         if app is not None and (problem := name_problem(app)):
             self.error(None, f"app folder name {app!r} {problem}: {topics}")
+        address = tid if app is None else f"{app}:{tid}"
+        if len(address) > MAX_NAME_LENGTH:
+            self.error(
+                "id",
+                f"task address {address[:40]!r}... is {len(address)} characters; requests on "
+                f"the bus accept at most {MAX_NAME_LENGTH}: use a shorter id",
+            )
         for key in sorted(set(raw) - TASK_FIELDS):
             self.warn(key, f"unknown field {key!r}{unknown_hint(key, TASK_FIELDS)}")
         folder = self.path.parent / "data_tasks"

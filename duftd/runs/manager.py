@@ -335,7 +335,7 @@ class RunManager:
             run_id = record["id"]
             reason = f"duftd stopped while the run was {record['state']}"
             worker_id = record["worker_id"]
-            orphans = spawn.kill_marked(f"{wire.ENV_WORKER_ID}={worker_id}") if worker_id else 0
+            orphans = spawn.kill_worker(worker_id) if worker_id else 0
             if orphans:
                 reason += f"; {orphans} orphaned worker process(es) killed"
             secrets = self._secrets_of(record["task_id"])

@@ -116,10 +116,10 @@ class RunSupervisor:
         return self._judge(code)
 
     def _kill_leftovers(self) -> None:
-        """End whatever the task left running: its group, and any process that carries the
-        run's marker but left the group (a notebook's kernel does)."""
+        """End whatever the task left running: its group, and every other process of the
+        worker, however it left the group (a notebook's kernel does)."""
         spawn.signal_group(self.pid, signal.SIGKILL)
-        spawn.kill_marked(self._worker.marker)
+        spawn.kill_worker(self._worker.worker_id)
 
     async def _terminate(self, exited: asyncio.Task[int]) -> None:
         """SIGTERM the group, then SIGKILL everything of the run if it outstays the grace."""

@@ -68,11 +68,6 @@ class Worker:
     stderr: int
     channels: list[int] = field(default_factory=list)
 
-    @property
-    def marker(self) -> str:
-        """An environment entry only this worker's processes have."""
-        return f"{ENV_WORKER_ID}={self.worker_id}"
-
     async def assign(self, job: Job) -> None:
         """Hand the worker its run: one JSON line on stdin, then end of input."""
         stdin = self.process.stdin
@@ -92,7 +87,7 @@ class Worker:
 
     def discard(self) -> None:
         """End a worker that will never get its job (its processes, pipes and folder)."""
-        spawn.kill_marked(self.marker)
+        spawn.kill_worker(self.worker_id)
         self.close_pipes()
         self.tidy()
 
