@@ -1,7 +1,9 @@
 """Runs placed on a Dask cluster (``duftd --launcher dask``).
 
-``connect`` is the daemon's side (the scheduler address rules, TLS, the client);
-``bundle`` and ``remote`` also run on Dask workers, shipped there by value, so they import
-only the standard library (and ``distributed``) at their top: a Dask worker whose Python
-lacks this package gets a clear reason instead of an unpickling error.
+The daemon's side: ``connect`` (the scheduler address rules, TLS, submitting a job) and
+``launcher`` (each run as one Dask task, driven like a local supervisor). The Dask side:
+``remote`` (the job itself, shipped by value and importing only the standard library at
+its top, so a Dask worker whose Python lacks this package says so) and ``relay`` (the
+run's worker and its events there). ``bundle`` (the task folder, content-addressed) is
+used on both sides.
 """

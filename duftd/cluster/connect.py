@@ -128,12 +128,11 @@ def submit_job(
 
 
 def _ship_by_value() -> None:
-    """Send the Dask-side modules with each job, so a worker lacking this package runs
-    them and says so (instead of failing to unpickle a reference to ``duftd``)."""
+    """Send the job's module with each job, so a worker lacking this package runs it and
+    says so (instead of failing to unpickle a reference to ``duftd``)."""
     import cloudpickle
 
-    from duftd.cluster import bundle, remote
+    from duftd.cluster import remote
 
-    for module in (remote, bundle):
-        if module.__name__ not in cloudpickle.list_registry_pickle_by_value():
-            cloudpickle.register_pickle_by_value(module)
+    if remote.__name__ not in cloudpickle.list_registry_pickle_by_value():
+        cloudpickle.register_pickle_by_value(remote)

@@ -3,11 +3,12 @@
 On the Dask worker the relay does what duftd does for a local run: it starts the worker
 with its pipes and supervises it with duftd's own :class:`RunSupervisor` (the same pipe
 reader, stop and containment), then forwards what the pipes held to duftd over the
-daemon's tcp control socket (CURVE), in numbered batches. A batch is kept until duftd answers that it has stored it, and sent again
-(under the same number, which duftd takes once) when no answer comes; while batches wait,
-the reader stops, so a task that logs faster than the link carries is slowed down, as at
-home. Empty batches go every :data:`BEAT_S` as a heartbeat; each answer says whether
-duftd wants the run stopped (cancel, timeout).
+daemon's tcp control socket (CURVE), in numbered batches. A batch is kept until duftd
+answers that it has stored it, and sent again (under the same number, which duftd takes
+once) when no answer comes; while batches wait, the reader stops, so a task that logs
+faster than the link carries is slowed down, as at home. Empty batches go every
+:data:`BEAT_S` as a heartbeat; each answer says whether duftd wants the run stopped
+(cancel, timeout).
 
 The task's own requests (parameters, connections) and events from programs it started go
 to two ipc sockets of the relay, in a folder only this user can enter, and on to duftd:
