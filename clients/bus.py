@@ -15,9 +15,10 @@ from typing import Any
 import zmq
 import zmq.auth
 
+from clients.follow import RunFollower
 from dte_tools import locate
 from dte_tools.daemon_link import ControlClient, DaemonError
-from dte_tools.wire import CLIENT_SIGNER, FINAL_STATES, Kind, Op, topic
+from dte_tools.wire import CLIENT_SIGNER, Op, topic
 
 __all__ = [
     "BusClient",
@@ -26,7 +27,6 @@ __all__ = [
     "DaemonError",
     "DaemonNotRunning",
     "curve_setup",
-    "is_final",
 ]
 
 START_HINT = "start it with `make run` (or `duftd`)"
@@ -134,10 +134,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_final(event: dict[str, Any]) -> bool:
-    return event["kind"] == Kind.STATE and event["data"].get("state") in FINAL_STATES
-
-
 class BusClient:
     """Synchronous requests and event following; close it (or use ``with``) when done."""
 
@@ -171,52 +167,33 @@ class BusClient:
                 ) from None
             raise
 
-    def follow(
-        self, run_id: int, after: int = 0, idle_poll_s: float = 1.0
-    ) -> Iterator[dict[str, Any]]:
+    def follow(self, run_id: int, after: int = 0) -> Iterator[dict[str, Any]]:
         """Every event of a run after ``after``, history first then live, ending at its final
         state: no gap (a missed number is fetched from the store) and no duplicate.
 
-        Each event has the published shape (``v``, ``run_id``, ``task_id``, ``seq``, ``ts``,
-        ``kind``, ``data``) whether it came from the store or live."""
+        Each event has the published shape (:func:`dte_tools.wire.envelope`) whether it
+        came from the store or live. The algorithm is :class:`clients.follow.RunFollower`;
+        this only does its I/O."""
         run = self.request(Op.RUN, run=run_id)["run"]
-        stamp = {"v": 1, "run_id": run_id, "task_id": run["task_id"]}
+        follower = RunFollower(run_id, run["task_id"], after)
         subscriber = self._context.socket(zmq.SUB)
         subscriber.linger = 0
         if self._setup is not None:
             self._setup(subscriber)
         subscriber.connect(self.info.events)
         subscriber.subscribe(topic(run["task_id"], run_id))
-        last = after
         try:
+            step = follower.start()
             while True:
-                for stored in self._backfill(run_id, last):
-                    event = {**stamp, **stored}
-                    last = event["seq"]
-                    yield event
-                    if is_final(event):
-                        return
-                # Live: take events in order; a gap or a quiet spell sends us back to the store.
-                while subscriber.poll(idle_poll_s * 1000):
-                    _, body = subscriber.recv_multipart()
-                    batch = json.loads(body)
-                    if batch[0]["seq"] > last + 1:
-                        break
-                    for event in batch:
-                        if event["seq"] <= last:
-                            continue
-                        last = event["seq"]
-                        yield event
-                        if is_final(event):
-                            return
+                yield from step.emit
+                if step.done:
+                    return
+                if step.fetch:
+                    page = self.request(Op.EVENTS, run=run_id, after=follower.last)
+                    step = follower.page(page)
+                elif subscriber.poll(follower.wait_s * 1000):
+                    step = follower.live(json.loads(subscriber.recv_multipart()[-1]))
+                else:
+                    step = follower.quiet()
         finally:
             subscriber.close()
-
-    def _backfill(self, run_id: int, after: int) -> Iterator[dict[str, Any]]:
-        while True:
-            page = self.request(Op.EVENTS, run=run_id, after=after)
-            for event in page["events"]:
-                after = event["seq"]
-                yield event
-            if not page["more"]:
-                return

@@ -191,6 +191,28 @@ def loads_strict(body: bytes | str) -> Any:
     return json.loads(body, parse_constant=_no_constant, parse_int=_int64, parse_float=_finite)
 
 
+EVENT_VERSION = 1
+
+
+def envelope(run_id: int, task_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """A published event (see the module docstring) from a stored one (``seq``, ``ts``,
+    ``kind``, ``data``): the one shape clients see, from the store or live."""
+    return {
+        "v": EVENT_VERSION,
+        "run_id": run_id,
+        "task_id": task_id,
+        "seq": stored["seq"],
+        "ts": stored["ts"],
+        "kind": stored["kind"],
+        "data": stored["data"],
+    }
+
+
+def is_final(event: dict[str, Any]) -> bool:
+    """True for a run's last event: its final state."""
+    return event["kind"] == Kind.STATE and event["data"].get("state") in FINAL_STATES
+
+
 def topic(task_id: str, run_id: int | None = None) -> bytes:
     """PUB topic prefix for one task, or one run of it."""
     run = "" if run_id is None else f"{run_id}/"

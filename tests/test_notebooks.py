@@ -251,7 +251,7 @@ def test_log_from_a_running_cell_reaches_a_follower_before_the_cell_ends(
     assert daemon.client is not None
 
     seen: list[dict[str, Any]] = []
-    for event in daemon.client.follow(run_id, idle_poll_s=0.2):
+    for event in daemon.client.follow(run_id):
         seen.append(event)
         if event["kind"] == Kind.LOG and event["data"]["message"] == marker:
             assert not gate.exists()

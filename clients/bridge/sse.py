@@ -1,14 +1,9 @@
 """Server-Sent Events: a run's events with no gap and no duplicate, and the live feed of all runs.
 
-:func:`follow_run` is the algorithm of :meth:`clients.bus.BusClient.follow`, on asyncio:
-
-1. start buffering the run's live batches (a :class:`~clients.bridge.async_bus.Listener`)
-   *before* asking the store for history, so nothing published meanwhile is lost;
-2. page through the store's events after ``after``;
-3. then take buffered and live batches in order, skipping numbers already sent; a batch
-   that starts past ``last + 1`` (a gap: dropped under load, or a daemon restart), a
-   RESET, or a quiet spell sends us back to step 2. The quiet-spell check is what finds a
-   final state that was published but missed.
+The algorithm is :mod:`clients.follow` (the CLI's too); :func:`follow_run` and
+:class:`LiveFeed` are its asyncio drivers. Each starts buffering live batches (a
+:class:`~clients.bridge.async_bus.Listener`) *before* asking the store for anything, so
+nothing published meanwhile is lost.
 
 The run ends the stream: the generator returns after the final state event. Items are
 event dicts, or None: "nothing new, still alive" (the writer then sends a keep-alive
@@ -29,36 +24,20 @@ from aiohttp import web
 
 from clients.bridge.async_bus import RESET, AsyncBus, DaemonRefused, DaemonUnavailable
 from clients.bridge.web_io import STREAMS
-from dte_tools.wire import FINAL_STATES, Kind, Op
+from clients.follow import FeedFollower, RunFollower, Step
+from dte_tools.wire import Op
 
 log = logging.getLogger("duft.bridge.sse")
 
-# How long a live stream may be quiet before the store is checked again (doubling to MAX).
-QUIET_S = 1.0
-QUIET_MAX_S = 5.0
 # How long to wait for the daemon to come back before ticking again.
 RETRY_S = 1.0
 KEEPALIVE_S = 15.0
 # What a browser waits before reconnecting a dropped stream (it resends Last-Event-ID).
 RETRY_MS = 1000
+# How long the feed of every run may be quiet before its open runs are checked in the store.
+FEED_QUIET_S = 2.0
 
 Event = dict[str, Any]
-
-
-def is_final(event: Event) -> bool:
-    return event["kind"] == Kind.STATE and event["data"].get("state") in FINAL_STATES
-
-
-def normalise(raw: Event, run_id: int, task_id: str) -> Event:
-    """One shape for stored and published events: ``{run_id, task_id, seq, ts, kind, data}``."""
-    return {
-        "run_id": run_id,
-        "task_id": task_id,
-        "seq": raw["seq"],
-        "ts": raw["ts"],
-        "kind": raw["kind"],
-        "data": raw["data"],
-    }
 
 
 def frame(data: Any, event_id: int | str | None = None) -> bytes:
@@ -69,65 +48,50 @@ def frame(data: Any, event_id: int | str | None = None) -> bytes:
 
 async def follow_run(bus: AsyncBus, run: dict[str, Any], after: int) -> AsyncIterator[Event | None]:
     """Every event of ``run`` after sequence number ``after``, ending at its final state."""
-    run_id, task_id = int(run["id"]), str(run["task_id"])
+    run_id = int(run["id"])
     listener = bus.listen(run_id)  # before any history is fetched
-    last = after
-    quiet = QUIET_S
+    follower = RunFollower(run_id, str(run["task_id"]), after)
+    step = follower.start()
     try:
         while True:
-            try:
-                page = await bus.request(Op.EVENTS, run=run_id, after=last)
-            except DaemonUnavailable:
-                yield None
-                await bus.wait_connected(RETRY_S)
-                continue
-            except DaemonRefused:
-                return  # the run is gone (pruned, or a daemon with another store)
-            for raw in page["events"]:
-                event = normalise(raw, run_id, task_id)
-                last = event["seq"]
+            for event in step.emit:
                 yield event
-                if is_final(event):
-                    return
-            if page["more"]:
-                continue
-            if page["final"]:
+            if step.done:
                 return
-            if not page["events"]:
-                yield None  # let the writer start the response before the first live event
-            while True:
-                item = await listener.get(quiet)
-                if item is None:
+            if step.fetch:
+                try:
+                    page = await bus.request(Op.EVENTS, run=run_id, after=follower.last)
+                except DaemonUnavailable:
                     yield None
-                    quiet = min(quiet * 2, QUIET_MAX_S)
-                    break
-                if item is RESET or item[0]["seq"] > last + 1:
-                    break
-                quiet = QUIET_S
-                for raw in item:
-                    if raw["seq"] <= last:
-                        continue
-                    event = normalise(raw, run_id, task_id)
-                    last = event["seq"]
-                    yield event
-                    if is_final(event):
-                        return
+                    await bus.wait_connected(RETRY_S)
+                    step = follower.reset()
+                    continue
+                except DaemonRefused:
+                    return  # the run is gone (pruned, or a daemon with another store)
+                step = follower.page(page)
+                if not step.emit and not step.done:
+                    yield None  # let the writer start the response before the first live event
+                continue
+            item = await listener.get(follower.wait_s)
+            if item is None:
+                yield None
+                step = follower.quiet()
+            elif item is RESET:
+                step = follower.reset()
+            else:
+                step = follower.live(item)
     finally:
         bus.unlisten(listener)
 
 
 class LiveFeed:
-    """Every run's events as they happen, gap-free for each run seen since the feed began.
+    """Every run's events as they happen, gap-free for each run seen since the feed began
+    (:class:`clients.follow.FeedFollower`, driven on asyncio)."""
 
-    A run is tracked from its first live event until its final state; meanwhile a gap in
-    its numbers, a RESET, or a quiet spell is filled from the store.
-    """
-
-    def __init__(self, bus: AsyncBus, quiet_s: float = 2.0) -> None:
+    def __init__(self, bus: AsyncBus, quiet_s: float = FEED_QUIET_S) -> None:
         self._bus = bus
         self._quiet_s = quiet_s
-        self._last: dict[int, int] = {}  # run id -> last sequence number, for open runs
-        self._task: dict[int, str] = {}  # run id -> task id, for open runs
+        self._feed = FeedFollower()
 
     async def events(self) -> AsyncIterator[Event | None]:
         listener = self._bus.listen(None)
@@ -137,46 +101,32 @@ class LiveFeed:
                 if item is None or item is RESET:
                     if item is None:
                         yield None
-                    for run_id in sorted(self._last):
-                        async for event in self._catch_up(run_id):
+                    for follower in self._feed.quiet():
+                        async for event in self._fetch(follower):
                             yield event
                     continue
-                run_id = int(item[0]["run_id"])
-                if run_id in self._last and item[0]["seq"] > self._last[run_id] + 1:
-                    async for event in self._catch_up(run_id):
+                follower, step = self._feed.live(item)
+                for event in step.emit:
+                    yield event
+                if follower is not None and step.fetch:
+                    async for event in self._fetch(follower):
                         yield event
-                task_id = self._task.setdefault(run_id, str(item[0]["task_id"]))
-                for raw in item:
-                    if raw["seq"] <= self._last.get(run_id, 0):
-                        continue
-                    yield self._take(normalise(raw, run_id, task_id))
         finally:
             self._bus.unlisten(listener)
 
-    def _take(self, event: Event) -> Event:
-        run_id = event["run_id"]
-        if is_final(event):
-            self._last.pop(run_id, None)
-            self._task.pop(run_id, None)
-        else:
-            self._last[run_id] = event["seq"]
-        return event
-
-    async def _catch_up(self, run_id: int) -> AsyncIterator[Event]:
-        while run_id in self._last:
+    async def _fetch(self, follower: RunFollower) -> AsyncIterator[Event]:
+        step = Step(fetch=True)
+        while step.fetch and not step.done:
             try:
-                page = await self._bus.request(Op.EVENTS, run=run_id, after=self._last[run_id])
+                page = await self._bus.request(Op.EVENTS, run=follower.run_id, after=follower.last)
             except DaemonUnavailable:
                 return  # tried again at the next quiet spell or RESET
             except DaemonRefused:
-                self._last.pop(run_id, None)  # pruned, or from a different store
-                self._task.pop(run_id, None)
+                self._feed.gone(follower)  # pruned, or from a different store
                 return
-            task_id = self._task[run_id]
-            for raw in page["events"]:
-                yield self._take(normalise(raw, run_id, task_id))
-            if not page["more"]:
-                return
+            step = self._feed.page(follower, page)
+            for event in step.emit:
+                yield event
 
 
 async def stream(
