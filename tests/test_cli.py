@@ -161,3 +161,39 @@ def test_stale_connection_file_counts_as_no_daemon(daemon: DaemonProcess, tmp_pa
     assert result.returncode == 3
     assert "stale" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+THIN_CLIENT_SCRIPT = """
+import sys
+from clients.bus import BusClient, ConnectionInfo
+from clients.cli.main import main
+codes = [main(["run", "SAMPLE", "-p", "steps=1", "-p", "sleep_time=0", "--follow"])]
+with BusClient(ConnectionInfo.load()) as client:
+    run_id = client.request("runs", limit=1)["runs"][0]["id"]
+codes += [main(["runs", "--limit", "1"]), main(["logs", str(run_id), "--follow"])]
+import clients.bridge.app
+print("CODES", codes)
+print("DAEMON", sorted(name for name in sys.modules if name.split(".")[0] == "duftd"))
+"""
+
+
+def test_run_logs_runs_and_the_bridge_import_nothing_from_the_daemon(
+    daemon: DaemonProcess,
+) -> None:
+    """``duft run --follow``, ``duft runs`` and ``duft logs --follow`` work against a
+    running daemon, and neither they nor the bridge's app load any module of the daemon
+    package: thin clients need only ``dte_tools`` and their own code."""
+    env = environment_without_duft(DUFT_STATE_DIR=str(daemon.state_dir))
+    result = subprocess.run(
+        [sys.executable, "-c", THIN_CLIENT_SCRIPT],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CODES [0, 0, 0]" in result.stdout, result.stdout + result.stderr
+    assert "DAEMON []" in result.stdout, result.stdout

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
+from clients.cli.assignments import AssignmentError, parse_cli_assignments, parse_cli_value
 from duftd.config import (
     LoadedConfig,
     load_config,
-    parse_cli_assignments,
-    parse_cli_value,
     resolve_connection,
     resolve_connections,
     resolve_parameters,
@@ -158,7 +157,7 @@ def test_cli_assignments() -> None:
 @pytest.mark.parametrize("item", ["novalue", "=1"])
 def test_cli_assignment_without_name_is_refused(item: str) -> None:
     """An item that is not NAME=VALUE is refused, naming it."""
-    with pytest.raises(ParameterError, match=repr(item)):
+    with pytest.raises(AssignmentError, match=repr(item)):
         parse_cli_assignments(["ok=1", item])
 
 

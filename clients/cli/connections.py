@@ -22,17 +22,16 @@ import getpass
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
+from clients.cli.assignments import AssignmentError, split_assignment
 from dte_tools import locate
 from dte_tools.redact import MASK, is_secret_key
 from dte_tools.wire import Op
-from duftd import connections
-from duftd.config import ConnectionSpec, LoadedConfig, load_config
-from duftd.config.resolve import split_assignment
-from duftd.config.user_file import set_connection_values, user_config_path
-from duftd.errors import ConfigError, DuftError, ParameterError, UnknownConnectionError
+
+if TYPE_CHECKING:
+    from duftd.config import ConnectionSpec, LoadedConfig
 
 TEST_HELP = "connect to a data connection and run its test query (works without a daemon)"
 SET_HELP = "write a connection's values into user/config.json (no daemon needed)"
@@ -88,6 +87,12 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
             print(f"duft: {error} [{error.code}]", file=sys.stderr)
             return 2
     if result is None:
+        # Testing directly reads the config (the daemon package): only on this path.
+        from duftd import connections
+        from duftd.config import load_config
+        from duftd.config.user_file import user_config_path
+        from duftd.errors import DuftError
+
         try:
             config = load_config(_config_root(args))
             data_dir = locate.data_dir(config.root)
@@ -122,6 +127,9 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 def declared_connection(config: LoadedConfig, connection_id: str) -> ConnectionSpec:
     """The connection ``connection_id`` declares, or an error naming the declared ones
     (also used by the bridge's settings screen, so both refuse alike)."""
+    from duftd import connections
+    from duftd.errors import UnknownConnectionError
+
     declared = connections.declared_connections(config)
     spec = declared.get(connection_id)
     if spec is None:
@@ -136,11 +144,15 @@ def declared_connection(config: LoadedConfig, connection_id: str) -> ConnectionS
 
 
 def cmd_set_connection(args: argparse.Namespace) -> int:
+    from duftd.config import load_config
+    from duftd.config.user_file import set_connection_values
+    from duftd.errors import ConfigError, UnknownConnectionError
+
     try:
         # Kept as text, as DUFT's settings page stores connection values.
         values = dict(split_assignment(item, "server=db.local") for item in args.assignments)
         config = load_config(_config_root(args))
-    except (ParameterError, ConfigError) as error:
+    except (AssignmentError, ConfigError) as error:
         print(f"duft: {error}", file=sys.stderr)
         return 2
     try:

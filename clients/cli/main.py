@@ -13,9 +13,8 @@ from typing import Any
 
 from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
 from clients.cli import connections, render, schedules, users, validate
+from clients.cli.assignments import AssignmentError, parse_cli_assignments
 from dte_tools.wire import ACTIVE_STATES, Op
-from duftd.config import parse_cli_assignments
-from duftd.errors import ParameterError
 
 RUN_COLUMNS = [
     ("id", "RUN"),
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     except DaemonNotRunning as error:
         print(f"duft: {error}", file=sys.stderr)
         return 3
-    except (DaemonError, ParameterError) as error:
+    except (DaemonError, AssignmentError) as error:
         code = getattr(error, "code", "bad_parameter")
         print(f"duft: {error} [{code}]", file=sys.stderr)
         return 2

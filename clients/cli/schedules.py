@@ -16,8 +16,6 @@ from typing import Any
 from clients.bus import BusClient, ConnectionInfo, DaemonError, DaemonNotRunning
 from dte_tools import locate
 from dte_tools.wire import Op
-from duftd.config import load_config
-from duftd.errors import ConfigError
 
 HELP = "list scheduled data tasks with their next firing times (local time zone)"
 
@@ -41,7 +39,10 @@ def _from_daemon(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
-    from duftd.scheduler import describe_schedules  # croniter only when needed
+    # The config model and croniter only when needed: asking duftd needs neither.
+    from duftd.config import load_config
+    from duftd.errors import ConfigError
+    from duftd.scheduler import describe_schedules
 
     reply = None
     if args.config is None:

@@ -10,12 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dte_tools.locate import default_config_dir
-from duftd.config import LoadedConfig, load_config
-from duftd.config.mentions import undeclared_mentions
-from duftd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from duftd.config import LoadedConfig
 
 HELP = "check a duft-config folder and report every problem (no daemon needed)"
 
@@ -54,6 +54,10 @@ def report(config: LoadedConfig) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from duftd.config import load_config  # the config model: only for this command
+    from duftd.config.mentions import undeclared_mentions
+    from duftd.errors import ConfigError
+
     root = args.config if args.config is not None else default_config_dir()
     try:
         config = load_config(root)

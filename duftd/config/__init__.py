@@ -16,8 +16,6 @@ from duftd.config.model import (
 )
 from duftd.config.resolve import (
     ResolvedParameters,
-    parse_cli_assignments,
-    parse_cli_value,
     resolve_connection,
     resolve_connections,
     resolve_parameters,
@@ -36,8 +34,6 @@ __all__ = [
     "TaskSpec",
     "UserConfig",
     "load_config",
-    "parse_cli_assignments",
-    "parse_cli_value",
     "resolve_connection",
     "resolve_connections",
     "resolve_parameters",

@@ -7,7 +7,6 @@ task sees the same values either way. Decisions where DESIGN.md is silent:
   one "number"; bool is not a number). A ``null`` default or no default accepts any
   JSON value. All type mismatches are reported in one :class:`ParameterError`.
 - Values are deep copies, so a run cannot change the loaded config.
-- ``parse_cli_assignments``: a key given twice keeps the last value, as shells do.
 - A connection the task does not declare is handed over, as DUFT does (the daemon warns
   on the run), unless the operator asked for strict connections; an id that no
   data_connections.json declares and that has no user values is refused either way.
@@ -87,33 +86,6 @@ def resolve_parameters(task: TaskSpec, given: Mapping[str, Any]) -> ResolvedPara
     if mismatches:
         raise ParameterError(f"bad parameters for task {task.address}: " + "; ".join(mismatches))
     return ResolvedParameters(values=values, ignored=ignored)
-
-
-def parse_cli_value(text: str) -> Any:
-    """``text`` as JSON where it parses (``0.5``, ``true``, ``"x"``, ``[1]``), else as is."""
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(constant)  # NaN and Infinity are not JSON
-
-    try:
-        return json.loads(text, parse_constant=refuse)
-    except ValueError:
-        return text
-
-
-def split_assignment(item: str, example: str) -> tuple[str, str]:
-    """``"a=x y"`` -> ``("a", "x y")``; anything else is refused, naming it and ``example``."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ParameterError(f"{item!r} is not NAME=VALUE; write e.g. {example}")
-    return key, text
-
-
-def parse_cli_assignments(items: list[str]) -> dict[str, Any]:
-    """``["a=1", "b=x y"]`` -> ``{"a": 1, "b": "x y"}``."""
-    pairs = (split_assignment(item, "sleep_time=0.5") for item in items)
-    return {key: parse_cli_value(text) for key, text in pairs}
 
 
 def resolve_connections(config: LoadedConfig, task: TaskSpec) -> dict[str, dict[str, Any]]:
