@@ -18,7 +18,7 @@ import zmq.auth
 from clients.follow import RunFollower
 from dte_tools import locate
 from dte_tools.daemon_link import ControlClient, DaemonError
-from dte_tools.wire import CLIENT_SIGNER, Op, topic
+from dte_tools.wire import CLIENT_SIGNER, ErrorCode, Op, decode_events, topic
 
 __all__ = [
     "BusClient",
@@ -161,7 +161,7 @@ class BusClient:
         try:
             return self._control.request(op, args)
         except DaemonError as error:
-            if error.code == "timeout":
+            if error.code == ErrorCode.TIMEOUT:
                 raise DaemonNotRunning(
                     f"duftd does not answer at {self.info.control}; {START_HINT}"
                 ) from None
@@ -192,7 +192,7 @@ class BusClient:
                     page = self.request(Op.EVENTS, run=run_id, after=follower.last)
                     step = follower.page(page)
                 elif subscriber.poll(follower.wait_s * 1000):
-                    step = follower.live(json.loads(subscriber.recv_multipart()[-1]))
+                    step = follower.live(decode_events(subscriber.recv_multipart()[-1]))
                 else:
                     step = follower.quiet()
         finally:

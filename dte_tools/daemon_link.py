@@ -21,6 +21,7 @@ from dte_tools.channel import cut_field
 from dte_tools.wire import (
     MAX_MESSAGE_BYTES,
     PROTOCOL,
+    ErrorCode,
     decode_reply,
     encode_request,
     run_signer,
@@ -72,12 +73,15 @@ class ControlClient:
             if not socket.poll(CONTROL_TIMEOUT_S * 1000):
                 self._reset()
                 raise DaemonError(
-                    "timeout", f"duftd did not answer {op!r} within {CONTROL_TIMEOUT_S:.0f} s"
+                    ErrorCode.TIMEOUT,
+                    f"duftd did not answer {op!r} within {CONTROL_TIMEOUT_S:.0f} s",
                 )
             reply = decode_reply(socket.recv_multipart(), self._key)
         if not reply["ok"]:
             error = reply.get("error") or {}
-            raise DaemonError(error.get("code", "error"), error.get("message", "request refused"))
+            raise DaemonError(
+                error.get("code", ErrorCode.ERROR), error.get("message", "request refused")
+            )
         return reply.get("result") or {}
 
     def _connect(self) -> zmq.Socket:

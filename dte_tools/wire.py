@@ -42,6 +42,7 @@ import json
 import math
 import time
 import uuid
+from enum import StrEnum
 from typing import Any
 
 PROTOCOL = b"duft/1"
@@ -96,7 +97,44 @@ class Op:
     WORKER_EVENTS = "worker.events"
 
 
+OPS = frozenset(value for name, value in vars(Op).items() if not name.startswith("_"))
 WORKER_OPS = frozenset({Op.WORKER_HELLO, Op.WORKER_CONNECTION, Op.WORKER_CLAIM, Op.WORKER_EVENTS})
+
+
+class ErrorCode(StrEnum):
+    """The ``error.code`` of every refusal: duftd's control replies, the task side's link
+    to duftd, and the bridge's HTTP errors. Clients branch on these; add a member rather
+    than reuse one for a different situation."""
+
+    ERROR = "error"  # a refusal that carried no code
+    INTERNAL = "internal"  # a bug: the log has the details
+    TIMEOUT = "timeout"  # no reply in time (a client-side verdict)
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    BAD_CONFIG = "bad_config"
+    UNKNOWN_TASK = "unknown_task"
+    AMBIGUOUS_TASK = "ambiguous_task"
+    TASK_NOT_RUNNABLE = "task_not_runnable"
+    BAD_PARAMETER = "bad_parameter"
+    UNKNOWN_CONNECTION = "unknown_connection"
+    UNKNOWN_RUN = "unknown_run"
+    SHUTTING_DOWN = "shutting_down"
+    STORAGE_FULL = "storage_full"
+    STARTUP = "startup"
+    # The bridge's own refusals.
+    DAEMON_UNAVAILABLE = "daemon_unavailable"
+    FORBIDDEN_HOST = "forbidden_host"
+    FORBIDDEN_ORIGIN = "forbidden_origin"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    TOO_LARGE = "too_large"
+    CONFLICT = "conflict"
+    UNKNOWN_DASHBOARD = "unknown_dashboard"
+    FORBIDDEN = "forbidden"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_SERVED = "not_served"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 
 
 class Kind:
@@ -206,6 +244,31 @@ def envelope(run_id: int, task_id: str, stored: dict[str, Any]) -> dict[str, Any
         "kind": stored["kind"],
         "data": stored["data"],
     }
+
+
+def encode_event(
+    run_id: int, task_json: str, seq: int, ts: float, kind: str, data_json: str
+) -> str:
+    """:func:`envelope` as JSON text, from parts already encoded (``task_json`` is the
+    task id as a JSON string, ``data_json`` the data object): the daemon builds one per
+    stored event, so it does not re-encode what it has just encoded."""
+    return (
+        f'{{"v":{EVENT_VERSION},"run_id":{run_id},"task_id":{task_json},'
+        f'"seq":{seq},"ts":{ts!r},"kind":"{kind}","data":{data_json}}}'
+    )
+
+
+def decode_events(body: bytes | str) -> list[dict[str, Any]]:
+    """The events of one published message body; ``ValueError`` if it is not a non-empty
+    list of events of one run."""
+    events = json.loads(body)
+    if not isinstance(events, list) or not events:
+        raise ValueError("an event message is a non-empty JSON array")
+    run_id = events[0].get("run_id") if isinstance(events[0], dict) else None
+    for event in events:
+        if not isinstance(event, dict) or event.get("run_id") != run_id or "seq" not in event:
+            raise ValueError("an event message holds events of one run, each with a seq")
+    return events
 
 
 def is_final(event: dict[str, Any]) -> bool:

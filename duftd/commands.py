@@ -1,7 +1,8 @@
 """One handler per control operation; each docstring is that operation's wire contract.
 
-Handlers take the already-validated arguments (see :mod:`duftd.protocol`) and return
-the reply's ``result`` object, or raise a :class:`DuftError`.
+Each handler is registered with ``@operation(name)``; its ``args`` annotation is the
+model its arguments are checked against (:mod:`duftd.protocol`) before it runs. It
+returns the reply's ``result`` object, or raises a :class:`DuftError`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import os
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from dte_tools import locate
@@ -25,7 +25,7 @@ from duftd.config import (
     strict_connections,
 )
 from duftd.config_reload import use_config
-from duftd.control import Caller, Handler
+from duftd.control import Caller
 from duftd.errors import UnauthorizedError
 from duftd.ingest import Ingest
 from duftd.protocol import (
@@ -34,6 +34,7 @@ from duftd.protocol import (
     ConnectionTestArgs,
     EventsArgs,
     NoArgs,
+    Operation,
     RemoteEventsArgs,
     RunArgs,
     RunsArgs,
@@ -41,6 +42,8 @@ from duftd.protocol import (
     SubmitArgs,
     TaskArgs,
     TasksArgs,
+    operation,
+    operation_table,
 )
 from duftd.runs.manager import LiveRun, RunManager
 from duftd.scheduler import Scheduler
@@ -92,26 +95,10 @@ class Commands:
         self._warned: weakref.WeakKeyDictionary[LiveRun, set[str]] = weakref.WeakKeyDictionary()
         self._reloading = asyncio.Lock()  # one at a time: a slower, older read never wins
 
-    def handlers(self) -> dict[str, Handler]:
-        table: dict[str, Callable[..., Any]] = {
-            Op.HEALTH: self.health,
-            Op.TASKS: self.tasks,
-            Op.TASK: self.task,
-            Op.SUBMIT: self.submit,
-            Op.CANCEL: self.cancel,
-            Op.RUN: self.run,
-            Op.RUNS: self.runs,
-            Op.EVENTS: self.events,
-            Op.RELOAD: self.reload,
-            Op.SCHEDULES: self.schedules,
-            Op.TEST_CONNECTION: self.test_connection,
-            Op.WORKER_HELLO: self.worker_hello,
-            Op.WORKER_CONNECTION: self.worker_connection,
-            Op.WORKER_CLAIM: self.worker_claim,
-            Op.WORKER_EVENTS: self.worker_events,
-        }
-        return table
+    def operations(self) -> dict[str, Operation]:
+        return operation_table(self)
 
+    @operation(Op.HEALTH)
     async def health(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {version, protocol, pid, uptime_s, config, runs: {state: n}, active, queued,
         dropped: {reason: n}, storage_full: bool, launcher, ...}; ``storage_full`` while the
@@ -133,6 +120,7 @@ class Commands:
             **manager.launcher.health(),
         }
 
+    @operation(Op.TASKS)
     async def tasks(self, caller: Caller, args: TasksArgs) -> dict[str, Any]:
         """{all?: bool} -> {tasks: [task]}; tasks with ``hideInUI`` only when ``all``."""
         config = self._manager.config
@@ -144,11 +132,13 @@ class Commands:
             ]
         }
 
+    @operation(Op.TASK)
     async def task(self, caller: Caller, args: TaskArgs) -> dict[str, Any]:
         """{task: address} -> {task}; unknown_task / ambiguous_task errors."""
         config = self._manager.config
         return {"task": task_summary(config.task(args.task), config)}
 
+    @operation(Op.SUBMIT)
     async def submit(self, caller: Caller, args: SubmitArgs) -> dict[str, Any]:
         """{task, params?, requested_by?} -> {run, ignored: {name: why}, joined: bool}.
 
@@ -158,19 +148,23 @@ class Commands:
         run, ignored, joined = await self._manager.submit(args.task, args.params, args.requested_by)
         return {"run": run, "ignored": ignored, "joined": joined}
 
+    @operation(Op.CANCEL)
     async def cancel(self, caller: Caller, args: RunArgs) -> dict[str, Any]:
         """{run} -> {run}; cancelling a finished run changes nothing."""
         return {"run": await self._manager.cancel(args.run)}
 
+    @operation(Op.RUN)
     async def run(self, caller: Caller, args: RunArgs) -> dict[str, Any]:
         """{run} -> {run}; unknown_run error."""
         return {"run": await self._manager.get_run(args.run)}
 
+    @operation(Op.RUNS)
     async def runs(self, caller: Caller, args: RunsArgs) -> dict[str, Any]:
         """{task?, state?, limit?=50} -> {runs: [run]}, newest first."""
         store = self._manager.store
         return {"runs": await store.list_runs(args.task, args.state, args.limit)}
 
+    @operation(Op.EVENTS)
     async def events(self, caller: Caller, args: EventsArgs) -> dict[str, Any]:
         """{run, after?=0, limit?=1000} -> {run, events: [{seq, ts, kind, data}], more, final}.
 
@@ -186,6 +180,7 @@ class Commands:
         final = run["state"] in FINAL_STATES and not more
         return {"run": run, "events": events, "more": more, "final": final}
 
+    @operation(Op.RELOAD)
     async def reload(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {config, tasks, runnable, errors, warnings}; live runs keep their spec."""
         async with self._reloading:
@@ -206,6 +201,7 @@ class Commands:
             "warnings": severities.count("warning"),
         }
 
+    @operation(Op.SCHEDULES)
     async def schedules(self, caller: Caller, args: SchedulesArgs) -> dict[str, Any]:
         """{count?=3} -> {timezone, utc_offset, now: {iso, ts}, schedules: [{key, task,
         description, cron, next: [{iso, ts}], last: {due, fired, outcome, run?, message?}
@@ -214,6 +210,7 @@ class Commands:
             return {"timezone": "", "utc_offset": "", "now": None, "schedules": []}
         return self._scheduler.describe(args.count)
 
+    @operation(Op.TEST_CONNECTION)
     async def test_connection(self, caller: Caller, args: ConnectionTestArgs) -> dict[str, Any]:
         """{id, timeout_s?=10} -> {id, type, target, query, ok, seconds, message, result}.
 
@@ -233,6 +230,7 @@ class Commands:
             result = connections.timed_out(target, args.timeout_s + 5.0)
         return result.to_dict()
 
+    @operation(Op.WORKER_HELLO)
     async def worker_hello(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """(worker) -> {run_id, task_id, task_name, params, connections, config_dir,
         data_dir, temp_dir}: what a worker needs to start, never a connection's values."""
@@ -249,6 +247,7 @@ class Commands:
             "temp_dir": str(locate.temp_dir(data_dir)),
         }
 
+    @operation(Op.WORKER_CONNECTION)
     async def worker_connection(self, caller: Caller, args: ConnectionArgs) -> dict[str, Any]:
         """(worker) {id} -> {values}: the user's values of a connection. One the task does
         not declare is handed over with a warning on the run, as DUFT does, unless strict
@@ -268,11 +267,13 @@ class Commands:
             )
         return {"values": values}
 
+    @operation(Op.WORKER_CLAIM)
     async def worker_claim(self, caller: Caller, args: ClaimArgs) -> dict[str, Any]:
         """(relay) {worker, host, data_dir} -> {}: a run placed on a Dask worker starts
         there once; another start of it (Dask rescheduling it) is refused."""
         return _placed_run(caller).claim(args)
 
+    @operation(Op.WORKER_EVENTS)
     async def worker_events(self, caller: Caller, args: RemoteEventsArgs) -> dict[str, Any]:
         """(relay) {batch, events, lost, last} -> {stop}, once the events are stored."""
         return await _placed_run(caller).receive(args)

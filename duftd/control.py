@@ -13,14 +13,14 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import zmq
 import zmq.asyncio
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from dte_tools.wire import (
     CLIENT_SIGNER,
@@ -28,12 +28,13 @@ from dte_tools.wire import (
     PROTOCOL,
     RUN_SIGNER_PREFIX,
     WORKER_OPS,
+    ErrorCode,
     loads_strict,
     sign,
     verify,
 )
 from duftd.errors import BadRequestError, DuftError, UnauthorizedError
-from duftd.protocol import ARGS, Envelope
+from duftd.protocol import Envelope, Operation
 from duftd.runs.manager import LiveRun
 
 log = structlog.get_logger("duftd.control")
@@ -48,9 +49,6 @@ class Caller:
     """Who sent a request: a client holding the key, or the worker of ``run``."""
 
     run: LiveRun | None = None
-
-
-Handler = Callable[[Caller, BaseModel], Awaitable[dict[str, Any]]]
 
 
 class ReplayGuard:
@@ -81,12 +79,12 @@ class ControlServer:
         self,
         socket: zmq.asyncio.Socket,
         key: bytes,
-        handlers: dict[str, Handler],
+        operations: dict[str, Operation],
         live_run: Callable[[int], LiveRun | None],
     ) -> None:
         self._socket = socket
         self._key = key
-        self._handlers = handlers
+        self._operations = operations
         self._live_run = live_run
         self._replays = ReplayGuard()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,7 +122,7 @@ class ControlServer:
             reply = {
                 "id": request_id,
                 "ok": False,
-                "error": {"code": "internal", "message": message},
+                "error": {"code": ErrorCode.INTERNAL, "message": message},
             }
         body = json.dumps(reply, separators=(",", ":"), default=str).encode()
         signature = sign(key, body) if key else b""
@@ -170,19 +168,18 @@ class ControlServer:
         raise UnauthorizedError("unknown signer: use b'client' or b'run:<run id>'")
 
     async def _dispatch(self, caller: Caller, envelope: Envelope) -> dict[str, Any]:
-        handler = self._handlers.get(envelope.op)
-        if handler is None:
-            raise BadRequestError(
-                f"unknown operation {envelope.op!r}; known: {', '.join(sorted(self._handlers))}"
-            )
+        operation = self._operations.get(envelope.op)
+        if operation is None:
+            known = ", ".join(sorted(self._operations))
+            raise BadRequestError(f"unknown operation {envelope.op!r}; known: {known}")
         if (envelope.op in WORKER_OPS) != (caller.run is not None):
             who = "a worker's run token" if envelope.op in WORKER_OPS else "the client key"
             raise UnauthorizedError(f"operation {envelope.op!r} must be signed with {who}")
         try:
-            args = ARGS[envelope.op].model_validate(envelope.args)
+            args = operation.args.model_validate(envelope.args)
         except ValidationError as error:
             raise BadRequestError(f"bad arguments for {envelope.op!r}: {_summary(error)}") from None
-        return await handler(caller, args)
+        return await operation.handler(caller, args)
 
 
 def _summary(error: ValidationError) -> str:

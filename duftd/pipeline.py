@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import structlog
 
 from dte_tools.redact import Redactor
-from dte_tools.wire import Kind
+from dte_tools.wire import Kind, encode_event, topic
 from duftd.publisher import Publisher
 from duftd.store import EventRow, Store
 
@@ -58,7 +58,7 @@ class RunChannel:
     redactor: Redactor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.topic = f"ev/{self.task_id}/{self.run_id}/".encode()
+        self.topic = topic(self.task_id, self.run_id)
         self.task_json = json.dumps(self.task_id)
         self.redactor = Redactor(self.secrets)
 
@@ -227,8 +227,7 @@ class EventPipeline:
                 text = channel.redact(text)
             rows.append((channel.run_id, seq, ts, kind, text))
             by_run.setdefault(channel, []).append(
-                f'{{"v":1,"run_id":{channel.run_id},"task_id":{channel.task_json},'
-                f'"seq":{seq},"ts":{ts!r},"kind":"{kind}","data":{text}}}'
+                encode_event(channel.run_id, channel.task_json, seq, ts, kind, text)
             )
         while True:
             try:

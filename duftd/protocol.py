@@ -1,4 +1,5 @@
-"""Pydantic models for every control request on the bus, checked before any handler runs.
+"""Pydantic models for every control request on the bus, checked before any handler runs,
+and the registry that ties each operation to its argument model and handler.
 
 The frames, signing and names are in :mod:`dte_tools.wire`; this module only says what a
 valid request body and each operation's arguments look like. Ingest events are checked
@@ -7,11 +8,13 @@ by hand in :mod:`duftd.ingest` instead: at 100k events/s a model per event costs
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from dte_tools.wire import ACTIVE_STATES, FINAL_STATES, MAX_NAME_LENGTH, Op
+from dte_tools.wire import ACTIVE_STATES, FINAL_STATES, MAX_NAME_LENGTH, OPS
 
 StateName = Annotated[
     str, Field(pattern="^(" + "|".join(sorted(ACTIVE_STATES | FINAL_STATES)) + ")$")
@@ -97,20 +100,42 @@ class RemoteEventsArgs(Strict):
     last: bool = False
 
 
-ARGS: dict[str, type[Strict]] = {
-    Op.HEALTH: NoArgs,
-    Op.TASKS: TasksArgs,
-    Op.TASK: TaskArgs,
-    Op.SUBMIT: SubmitArgs,
-    Op.CANCEL: RunArgs,
-    Op.RUN: RunArgs,
-    Op.RUNS: RunsArgs,
-    Op.EVENTS: EventsArgs,
-    Op.RELOAD: NoArgs,
-    Op.SCHEDULES: SchedulesArgs,
-    Op.TEST_CONNECTION: ConnectionTestArgs,
-    Op.WORKER_HELLO: NoArgs,
-    Op.WORKER_CONNECTION: ConnectionArgs,
-    Op.WORKER_CLAIM: ClaimArgs,
-    Op.WORKER_EVENTS: RemoteEventsArgs,
-}
+Handler = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+_MARK = "__duft_operation__"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One control operation: the model its arguments must fit, and its (bound) handler."""
+
+    args: type[Strict]
+    handler: Handler
+
+
+def operation(name: str) -> Callable[[_F], _F]:
+    """Make a method the handler of control operation ``name``; the method's ``args``
+    annotation is that operation's argument model. This is the one place an operation is
+    registered: the names come from :class:`dte_tools.wire.Op`, which clients share."""
+
+    def mark(method: _F) -> _F:
+        setattr(method, _MARK, name)
+        return method
+
+    return mark
+
+
+def operation_table(handlers: object) -> dict[str, Operation]:
+    """Every operation marked on ``handlers``' methods -> its argument model and handler;
+    refuses a table that does not cover exactly the names in :data:`dte_tools.wire.OPS`."""
+    table: dict[str, Operation] = {}
+    for attribute in dir(type(handlers)):
+        method = getattr(type(handlers), attribute)
+        name = getattr(method, _MARK, None)
+        if name is not None:
+            model = get_type_hints(method)["args"]
+            table[name] = Operation(model, getattr(handlers, attribute))
+    if table.keys() != OPS:
+        unhandled, unknown = sorted(OPS - table.keys()), sorted(table.keys() - OPS)
+        raise RuntimeError(f"operations without a handler: {unhandled}; unknown: {unknown}")
+    return table

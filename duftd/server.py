@@ -186,7 +186,7 @@ class Daemon:
             self.manager, ingest, self.started_at, scheduler, options.strict_connections
         )
         control = ControlServer(
-            sockets["control"], key.encode(), commands.handlers(), self.manager.live_run
+            sockets["control"], key.encode(), commands.operations(), self.manager.live_run
         )
         self._tasks = [
             asyncio.create_task(self.pipeline.run(), name="pipeline"),

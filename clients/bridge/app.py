@@ -68,7 +68,7 @@ from clients.bridge.web_io import (
     whole_number,
 )
 from dte_tools import locate
-from dte_tools.wire import Op
+from dte_tools.wire import ErrorCode, Op
 
 log = logging.getLogger("duft.bridge")
 
@@ -143,7 +143,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(error.status, error.code, error.message, duft)
     except DaemonUnavailable as error:
         message = f"duftd is not reachable: {error}"
-        return error_response(503, "daemon_unavailable", message, duft)
+        return error_response(503, ErrorCode.DAEMON_UNAVAILABLE, message, duft)
     except DaemonRefused as error:
         return error_response(status_for(error.code), error.code, error.message, duft)
     except web.HTTPException as error:
@@ -153,13 +153,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as error:
         log.exception("%s %s failed", request.method, request.path)
         message = f"duft-bridge internal error: {error!r}"
-        return error_response(500, "internal", message, duft)
+        return error_response(500, ErrorCode.INTERNAL, message, duft)
 
 
-def _code_for(status: int) -> str:
-    return {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-        status, "bad_request"
-    )
+def _code_for(status: int) -> ErrorCode:
+    known = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.TOO_LARGE}
+    return known.get(status, ErrorCode.BAD_REQUEST)
 
 
 @web.middleware
@@ -167,11 +166,13 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Host, origin and content-type checks, and CORS preflight answers."""
     policy = request.app[POLICY]
     if not policy.host_allowed(request):
-        raise HttpError(403, "forbidden_host", f"this bridge does not serve host {request.host!r}")
+        raise HttpError(
+            403, ErrorCode.FORBIDDEN_HOST, f"this bridge does not serve host {request.host!r}"
+        )
     origin = request.headers.get("Origin")
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         if origin is None or not policy.origin_allowed(request, origin):
-            raise HttpError(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+            raise HttpError(403, ErrorCode.FORBIDDEN_ORIGIN, f"origin {origin!r} is not allowed")
         return web.Response(
             status=204,
             headers={
@@ -182,11 +183,11 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     if request.method == "POST":
         if origin is not None and not policy.origin_allowed(request, origin):
-            raise HttpError(403, "forbidden_origin", f"origin {origin!r} may not post here")
+            raise HttpError(403, ErrorCode.FORBIDDEN_ORIGIN, f"origin {origin!r} may not post here")
         if request.content_type != "application/json" and not uploads.is_upload(request):
             raise HttpError(
                 415,
-                "unsupported_media_type",
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                 "send the request body as JSON with Content-Type: application/json",
             )
     return await handler(request)
@@ -208,7 +209,7 @@ async def _response_headers(request: web.Request, response: web.StreamResponse) 
 def run_id_of(request: web.Request) -> int:
     text = request.match_info["run"]
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) < 2**63:
-        raise HttpError(404, "unknown_run", f"no run has the id {text!r}")
+        raise HttpError(404, ErrorCode.UNKNOWN_RUN, f"no run has the id {text!r}")
     return int(text)
 
 
@@ -240,7 +241,7 @@ async def submit_run(request: web.Request) -> web.Response:
     require(request, RUN_DATA_TASK)
     params = await json_body(request, empty={})
     if not isinstance(params, dict):
-        raise HttpError(400, "bad_request", "the body must be a JSON object of parameters")
+        raise HttpError(400, ErrorCode.BAD_REQUEST, "the body must be a JSON object of parameters")
     result = await bus_of(request).request(
         Op.SUBMIT, task=request.match_info["task"], params=params, requested_by=REQUESTED_BY
     )

@@ -33,7 +33,14 @@ import zmq
 import zmq.asyncio
 
 from clients.bus import ConnectionInfo, DaemonNotRunning, curve_setup
-from dte_tools.wire import CLIENT_SIGNER, TOPIC_PREFIX, decode_reply, encode_request
+from dte_tools.wire import (
+    CLIENT_SIGNER,
+    TOPIC_PREFIX,
+    ErrorCode,
+    decode_events,
+    decode_reply,
+    encode_request,
+)
 
 log = logging.getLogger("duft.bridge.bus")
 
@@ -210,8 +217,8 @@ class AsyncBus:
             if reply["ok"]:
                 return reply.get("result") or {}
             error = reply.get("error") or {}
-            code = str(error.get("code", "error"))
-            if code == "unauthorized" and attempt == 0 and await self.refresh():
+            code = str(error.get("code", ErrorCode.ERROR))
+            if code == ErrorCode.UNAUTHORIZED and attempt == 0 and await self.refresh():
                 continue  # signed with the key of a daemon that has since been replaced
             raise DaemonRefused(code, str(error.get("message", "request refused")))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -309,11 +316,11 @@ class AsyncBus:
         while True:
             frames = await conn.sub.recv_multipart()
             try:
-                batch = json.loads(frames[-1])
-                run_id = batch[0]["run_id"]
-            except (ValueError, LookupError, TypeError):
+                batch = decode_events(frames[-1])
+            except ValueError:
                 log.warning("dropped a malformed event message (%d frames)", len(frames))
                 continue
+            run_id = batch[0]["run_id"]
             for listener in list(self._listeners):
                 if listener.run_id is None or listener.run_id == run_id:
                     listener.put(batch)

@@ -42,6 +42,7 @@ from aiohttp import web
 from clients.bridge import accounts
 from clients.bridge.web_io import HttpError
 from dte_tools.upload import UPLOAD_PATH
+from dte_tools.wire import ErrorCode
 
 ACCESS_LIFETIME_S = 5 * 60  # as DUFT's server (djangorestframework-simplejwt) defaults
 REFRESH_LIFETIME_S = 24 * 3600
@@ -100,7 +101,7 @@ class FailedLogins:
         if len(times) >= MAX_FAILURES:
             wait = int(times[0] + FAILURE_WINDOW_S - time.monotonic()) + 1
             raise HttpError(
-                429, "too_many_attempts", f"too many failed logins; try again in {wait} s"
+                429, ErrorCode.TOO_MANY_ATTEMPTS, f"too many failed logins; try again in {wait} s"
             )
 
     def failed(self, address: str) -> None:
@@ -182,10 +183,12 @@ class Credentials:
                 account = self.account_of(value, "access")
                 if account is None:
                     raise HttpError(
-                        401, "unauthorized", "the access token is invalid or expired; log in again"
+                        401,
+                        ErrorCode.UNAUTHORIZED,
+                        "the access token is invalid or expired; log in again",
                     )
                 return _user(account)
-            raise HttpError(401, "unauthorized", f"unknown Authorization scheme {scheme!r}")
+            raise HttpError(401, ErrorCode.UNAUTHORIZED, f"unknown Authorization scheme {scheme!r}")
         cookie = request.cookies.get(self.cookie_name)
         if cookie:
             if self.is_token(cookie):
@@ -200,7 +203,7 @@ class Credentials:
         self.failures.check(address)
         if not self.is_token(value):
             self.failures.failed(address)
-            raise HttpError(401, "unauthorized", "wrong bridge token")
+            raise HttpError(401, ErrorCode.UNAUTHORIZED, "wrong bridge token")
         return OWNER_IDENTITY
 
     def set_cookie(self, response: web.StreamResponse, value: str, max_age: int | None) -> None:
@@ -233,10 +236,10 @@ def require(request: web.Request, permission: str) -> Identity:
     """The caller, if allowed ``permission``; 403 names what is missing."""
     who = identity_of(request)
     if who is None:
-        raise HttpError(401, "unauthorized", "log in first")
+        raise HttpError(401, ErrorCode.UNAUTHORIZED, "log in first")
     if not who.can(permission):
         raise HttpError(
-            403, "forbidden", f"user {who.name!r} does not have the {permission} permission"
+            403, ErrorCode.FORBIDDEN, f"user {who.name!r} does not have the {permission} permission"
         )
     return who
 
@@ -261,7 +264,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if who is None and protected(request.path):
         raise HttpError(
             401,
-            "unauthorized",
+            ErrorCode.UNAUTHORIZED,
             "this bridge needs a credential: open the URL duft-bridge printed at start "
             "(it has ?token=...), send 'Authorization: token ...', or log in",
         )
@@ -274,7 +277,7 @@ def _login_by_url(request: web.Request, credentials: Credentials) -> web.StreamR
     credentials.failures.check(address)
     if not credentials.is_token(request.query["token"]):
         credentials.failures.failed(address)
-        raise HttpError(401, "unauthorized", "wrong bridge token in the URL")
+        raise HttpError(401, ErrorCode.UNAUTHORIZED, "wrong bridge token in the URL")
     credentials.failures.succeeded(address)
     query = {k: v for k, v in request.query.items() if k != "token"}
     location = str(request.rel_url.with_query(query))

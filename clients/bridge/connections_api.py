@@ -28,7 +28,7 @@ from clients.bridge.auth import require
 from clients.bridge.duft_api import CONFIG_FILES
 from clients.bridge.web_io import HttpError, bus_of, json_body
 from dte_tools.redact import MASK, is_secret_key
-from dte_tools.wire import Op
+from dte_tools.wire import ErrorCode, Op
 
 
 def add_routes(routes: web.UrlDispatcher) -> None:
@@ -45,11 +45,13 @@ async def _loaded(request: web.Request) -> Any:
 
     root = await request.app[CONFIG_FILES].root()
     if root is None:
-        raise HttpError(503, "daemon_unavailable", "duftd is not reachable: its config is unknown")
+        raise HttpError(
+            503, ErrorCode.DAEMON_UNAVAILABLE, "duftd is not reachable: its config is unknown"
+        )
     try:
         return await asyncio.to_thread(load_config, root)
     except ConfigError as error:
-        raise HttpError(500, "bad_config", str(error)) from None
+        raise HttpError(500, ErrorCode.BAD_CONFIG, str(error)) from None
 
 
 def _spec(config: Any, connection_id: str) -> Any:
@@ -59,7 +61,7 @@ def _spec(config: Any, connection_id: str) -> Any:
     try:
         return declared_connection(config, connection_id)
     except UnknownConnectionError as error:
-        raise HttpError(404, "unknown_connection", str(error)) from None
+        raise HttpError(404, ErrorCode.UNKNOWN_CONNECTION, str(error)) from None
 
 
 def _secret(spec: Any, key: str) -> bool:
@@ -103,7 +105,9 @@ async def set_parameters(request: web.Request) -> web.Response:
     require(request, CHANGE_SETTINGS)
     body = await json_body(request)
     if not isinstance(body, dict):
-        raise HttpError(400, "bad_request", "send the parameters as a JSON object {name: value}")
+        raise HttpError(
+            400, ErrorCode.BAD_REQUEST, "send the parameters as a JSON object {name: value}"
+        )
     config = await _loaded(request)
     spec = _spec(config, request.match_info["connection"])
     values = _validated(spec, body)
@@ -111,7 +115,7 @@ async def set_parameters(request: web.Request) -> web.Response:
         try:
             path = set_connection_values(Path(config.root), spec.id, values)
         except (ConfigError, OSError) as error:
-            raise HttpError(409, "bad_config", str(error)) from None
+            raise HttpError(409, ErrorCode.BAD_CONFIG, str(error)) from None
         await bus_of(request).request(Op.RELOAD)
     else:
         path = Path(config.root) / "user" / "config.json"
@@ -133,17 +137,21 @@ def _validated(spec: Any, body: dict[str, Any]) -> dict[str, str]:
         if types and key not in types:
             raise HttpError(
                 422,
-                "bad_parameter",
+                ErrorCode.BAD_PARAMETER,
                 f"{spec.id} has no parameter {key!r} (declared: {', '.join(types)})",
             )
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise HttpError(422, "bad_parameter", f"{spec.id}.{key} must be text or a number")
+            raise HttpError(
+                422, ErrorCode.BAD_PARAMETER, f"{spec.id}.{key} must be text or a number"
+            )
         text = str(value)
         if _secret(spec, key) and text in ("", MASK):
             continue  # the masked value came back unchanged: keep the stored one
         if types.get(key) == "integer" and not text.strip().lstrip("-").isdigit():
             raise HttpError(
-                422, "bad_parameter", f"{spec.id}.{key} must be a whole number, got {text!r}"
+                422,
+                ErrorCode.BAD_PARAMETER,
+                f"{spec.id}.{key} must be a whole number, got {text!r}",
             )
         values[key] = text
     return values

@@ -26,7 +26,7 @@ from aiohttp import web
 from clients.bridge.auth import CREDENTIALS, describe, identity_of
 from clients.bridge.duft_config import BadName, ConfigFiles, checked_name
 from clients.bridge.web_io import BUS, HttpError, bus_of
-from dte_tools.wire import FINAL_STATES, Kind, Op, State
+from dte_tools.wire import FINAL_STATES, ErrorCode, Kind, Op, State
 
 CONFIG_FILES = web.AppKey("config_files", ConfigFiles)
 LOG_RUNS = 10  # the log endpoint shows the lines of this many recent runs,
@@ -52,7 +52,7 @@ def _app_of(request: web.Request) -> str | None:
     try:
         return checked_name(app, "app") if app else None
     except BadName as error:
-        raise HttpError(400, "bad_request", str(error)) from None
+        raise HttpError(400, ErrorCode.BAD_REQUEST, str(error)) from None
 
 
 async def get_current_config(request: web.Request) -> web.Response:
@@ -132,12 +132,14 @@ async def dashboard(request: web.Request) -> web.Response:
     try:
         name = checked_name(request.match_info["dashboard"], "dashboard")
     except BadName as error:
-        raise HttpError(404, "unknown_dashboard", str(error)) from None
+        raise HttpError(404, ErrorCode.UNKNOWN_DASHBOARD, str(error)) from None
     app = _app_of(request)
     text = files.dashboard(await files.root(), app, name)
     if text is None:
         where = f"apps/{app}" if app else "system"
-        raise HttpError(404, "unknown_dashboard", f"no dashboard {where}/dashboards/{name}.3dl")
+        raise HttpError(
+            404, ErrorCode.UNKNOWN_DASHBOARD, f"no dashboard {where}/dashboards/{name}.3dl"
+        )
     return web.json_response(text)
 
 

@@ -36,7 +36,7 @@ from clients.bridge.auth import require
 from clients.bridge.duft_api import CONFIG_FILES
 from clients.bridge.sse import LiveFeed, frame, tracked_stream
 from clients.bridge.web_io import HttpError, bus_of, json_body
-from dte_tools.wire import ACTIVE_STATES, FINAL_STATES, Kind, Op, State
+from dte_tools.wire import ACTIVE_STATES, FINAL_STATES, ErrorCode, Kind, Op, State
 
 REQUESTED_BY = "duft-ui"
 STARTED = "Script started successfully"
@@ -58,16 +58,18 @@ async def run_data_task(request: web.Request) -> web.Response:
     body = await json_body(request)
     task = body.get("data_task_id") if isinstance(body, dict) else None
     if not isinstance(task, str) or not task:
-        raise HttpError(400, "bad_request", 'send {"data_task_id": "<task id>", "parameters": {}}')
+        raise HttpError(
+            400, ErrorCode.BAD_REQUEST, 'send {"data_task_id": "<task id>", "parameters": {}}'
+        )
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
-        raise HttpError(400, "bad_request", "parameters must be a JSON object")
+        raise HttpError(400, ErrorCode.BAD_REQUEST, "parameters must be a JSON object")
     try:
         result = await bus_of(request).request(
             Op.SUBMIT, task=task, params=params, requested_by=REQUESTED_BY
         )
     except DaemonRefused as error:
-        if error.code == "unknown_task" and await _in_navigation(request, task):
+        if error.code == ErrorCode.UNKNOWN_TASK and await _in_navigation(request, task):
             raise DaemonRefused(
                 error.code,
                 f"{task} is listed in navigation.json's data tasks, but no data task has "

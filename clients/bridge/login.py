@@ -16,6 +16,7 @@ from aiohttp import web
 from clients.bridge import accounts
 from clients.bridge.auth import CREDENTIALS, REFRESH_LIFETIME_S, Credentials, client_address
 from clients.bridge.web_io import HttpError, json_body
+from dte_tools.wire import ErrorCode
 
 
 def add_routes(routes: web.UrlDispatcher) -> None:
@@ -28,7 +29,7 @@ def add_routes(routes: web.UrlDispatcher) -> None:
 def _text_field(body: object, name: str) -> str:
     value = body.get(name) if isinstance(body, dict) else None
     if not isinstance(value, str) or not value:
-        raise HttpError(400, "bad_request", f"send {name!r} as a non-empty string")
+        raise HttpError(400, ErrorCode.BAD_REQUEST, f"send {name!r} as a non-empty string")
     return value
 
 
@@ -51,7 +52,9 @@ async def obtain_pair(request: web.Request) -> web.Response:
     )
     if account is None:
         credentials.failures.failed(address)
-        raise HttpError(401, "unauthorized", "no active account found with the given credentials")
+        raise HttpError(
+            401, ErrorCode.UNAUTHORIZED, "no active account found with the given credentials"
+        )
     credentials.failures.succeeded(address)
     return _pair_response(credentials, account)
 
@@ -61,5 +64,5 @@ async def refresh_pair(request: web.Request) -> web.Response:
     account = credentials.account_of(_text_field(await json_body(request), "refresh"), "refresh")
     if account is None:
         message = "the refresh token is invalid or expired; log in again"
-        raise HttpError(401, "unauthorized", message)
+        raise HttpError(401, ErrorCode.UNAUTHORIZED, message)
     return _pair_response(credentials, account)

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from clients.bridge.web_io import HttpError
+from dte_tools.wire import ErrorCode
 
 UI_DIR = web.AppKey("ui_dir", Path)
 UI_CSP = (
@@ -35,7 +36,7 @@ def check_ui_dir(folder: Path) -> Path:
 async def ui_file(request: web.Request) -> web.StreamResponse:
     folder = request.app[UI_DIR]
     if request.path.startswith(NEVER_FALLS_BACK):
-        raise HttpError(404, "not_found", f"no route {request.path}")
+        raise HttpError(404, ErrorCode.NOT_FOUND, f"no route {request.path}")
     target = (folder / request.match_info["path"]).resolve()
     if not target.is_relative_to(folder) or not target.is_file():
         target = folder / "index.html"

@@ -28,6 +28,7 @@ from clients.bridge.auth import CREDENTIALS, client_address
 from clients.bridge.web_io import HttpError
 from dte_tools import locate
 from dte_tools.upload import UPLOAD_PATH
+from dte_tools.wire import ErrorCode
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 KIND_FIELD_BYTES = 128
@@ -60,16 +61,18 @@ async def receive_upload(request: web.Request) -> web.Response:
     reader = await request.multipart()
     kind_part = await reader.next()
     if not isinstance(kind_part, BodyPartReader) or kind_part.name != "kind":
-        raise HttpError(400, "bad_request", "the first form field must be 'kind'")
+        raise HttpError(400, ErrorCode.BAD_REQUEST, "the first form field must be 'kind'")
     kind = (await kind_part.read_chunk(KIND_FIELD_BYTES)).decode("utf-8", "replace").strip()
     if not kind_part.at_eof() or not KIND.fullmatch(kind):
-        raise HttpError(400, "bad_request", f"kind {kind!r} must be letters, digits, _ . -")
+        raise HttpError(400, ErrorCode.BAD_REQUEST, f"kind {kind!r} must be letters, digits, _ . -")
     file_part = await reader.next()
     if not isinstance(file_part, BodyPartReader) or file_part.name != "file":
-        raise HttpError(400, "bad_request", "the second form field must be 'file'")
+        raise HttpError(400, ErrorCode.BAD_REQUEST, "the second form field must be 'file'")
     name = Path(file_part.filename or "upload").name
     if name in ("", ".", "..") or name.startswith("."):
-        raise HttpError(400, "bad_request", f"file name {file_part.filename!r} is not allowed")
+        raise HttpError(
+            400, ErrorCode.BAD_REQUEST, f"file name {file_part.filename!r} is not allowed"
+        )
     folder = settings.data_dir / "uploads" / kind
     folder.mkdir(parents=True, exist_ok=True)
     target, handle = _new_file(folder, name)
@@ -80,7 +83,9 @@ async def receive_upload(request: web.Request) -> web.Response:
                 size += len(chunk)
                 if size > settings.max_bytes:
                     raise HttpError(
-                        413, "too_large", f"uploads are limited to {settings.max_bytes} bytes"
+                        413,
+                        ErrorCode.TOO_LARGE,
+                        f"uploads are limited to {settings.max_bytes} bytes",
                     )
                 handle.write(chunk)
     except BaseException:
@@ -101,7 +106,7 @@ async def _authenticate(request: web.Request) -> str:
     except (binascii.Error, UnicodeDecodeError):
         sep = ""
     if scheme.lower() != "basic" or not sep:
-        raise HttpError(401, "unauthorized", "send HTTP Basic credentials of an uploader")
+        raise HttpError(401, ErrorCode.UNAUTHORIZED, "send HTTP Basic credentials of an uploader")
     credentials = request.app[CREDENTIALS]
     address = client_address(request)
     credentials.failures.check(address)
@@ -110,7 +115,7 @@ async def _authenticate(request: web.Request) -> str:
     )
     if account is None:
         credentials.failures.failed(address)
-        raise HttpError(401, "unauthorized", f"wrong username or password for {username!r}")
+        raise HttpError(401, ErrorCode.UNAUTHORIZED, f"wrong username or password for {username!r}")
     credentials.failures.succeeded(address)
     return username
 
@@ -124,4 +129,4 @@ def _new_file(folder: Path, name: str):
             return target, open(target, "xb")
         except FileExistsError:
             continue
-    raise HttpError(409, "conflict", f"too many files named like {name} in {folder}")
+    raise HttpError(409, ErrorCode.CONFLICT, f"too many files named like {name} in {folder}")

@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from clients.bridge.web_io import HttpError
+from dte_tools.wire import ErrorCode
 
 UPSTREAM = web.AppKey("upstream", "Upstream")
 # Not passed on: per-connection headers (RFC 9110 section 7.6.1), the bridge's own
@@ -60,7 +61,7 @@ class Upstream:
         if self._session is None:
             raise HttpError(
                 501,
-                "not_served",
+                ErrorCode.NOT_SERVED,
                 f"{request.path} is DUFT server's (queries, dashboards' data): this engine "
                 "runs data tasks and does not serve queries; start duft-bridge with "
                 "--upstream URL of your DUFT server to pass such requests on",
@@ -77,7 +78,7 @@ class Upstream:
             )
         except aiohttp.ClientError as error:
             raise HttpError(
-                502, "upstream_unavailable", f"DUFT server at {self.base_url}: {error}"
+                502, ErrorCode.UPSTREAM_UNAVAILABLE, f"DUFT server at {self.base_url}: {error}"
             ) from None
         async with upstream:
             response = web.StreamResponse(status=upstream.status, headers=_kept(upstream.headers))

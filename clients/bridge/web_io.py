@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from clients.bridge.async_bus import AsyncBus
+from dte_tools.wire import ErrorCode
 
 BUS = web.AppKey("bus", AsyncBus)
 # The handler tasks of open streams, cancelled when the bridge shuts down.
@@ -16,17 +17,17 @@ STREAMS = web.AppKey("streams", set)
 # The routes of DUFT's own server (its web UI calls them).
 DUFT_PREFIXES = ("/api/v2/", "/api/v2", "/run-data-task", "/sse/")
 
-# duftd's error codes (duftd.errors) -> HTTP status; any other code is a 502 (bad gateway).
+# duftd's error codes -> HTTP status; any other code is a 502 (bad gateway).
 STATUS_BY_CODE = {
-    "unknown_task": 404,
-    "unknown_run": 404,
-    "bad_parameter": 422,
-    "bad_request": 400,
-    "ambiguous_task": 400,
-    "task_not_runnable": 409,
-    "shutting_down": 503,
-    "unauthorized": 503,  # the bridge's key is not (yet) the running daemon's
-    "unknown_connection": 404,
+    ErrorCode.UNKNOWN_TASK: 404,
+    ErrorCode.UNKNOWN_RUN: 404,
+    ErrorCode.BAD_PARAMETER: 422,
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.AMBIGUOUS_TASK: 400,
+    ErrorCode.TASK_NOT_RUNNABLE: 409,
+    ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.UNAUTHORIZED: 503,  # the bridge's key is not (yet) the running daemon's
+    ErrorCode.UNKNOWN_CONNECTION: 404,
 }
 
 
@@ -67,13 +68,13 @@ def flag(request: web.Request, name: str) -> bool:
         return False
     if value in ("1", "true", "yes"):
         return True
-    raise HttpError(400, "bad_request", f"{name} must be 1 or 0, got {value!r}")
+    raise HttpError(400, ErrorCode.BAD_REQUEST, f"{name} must be 1 or 0, got {value!r}")
 
 
 def whole_number(text: str, name: str, low: int, high: int) -> int:
     text = text.strip()
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise HttpError(400, "bad_request", f"{name} must be a whole number {low}..{high}")
+        raise HttpError(400, ErrorCode.BAD_REQUEST, f"{name} must be a whole number {low}..{high}")
     return int(text)
 
 
@@ -82,9 +83,11 @@ async def json_body(request: web.Request, empty: Any = None) -> Any:
     raw = await request.read()
     if not raw.strip():
         if empty is None:
-            raise HttpError(400, "bad_request", "the request needs a JSON body")
+            raise HttpError(400, ErrorCode.BAD_REQUEST, "the request needs a JSON body")
         return empty
     try:
         return json.loads(raw)
     except ValueError as error:
-        raise HttpError(400, "bad_request", f"the body is not valid JSON: {error}") from None
+        raise HttpError(
+            400, ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {error}"
+        ) from None
