@@ -21,10 +21,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,8 +108,8 @@ async def dte_status(request: web.Request) -> web.Response:
 async def dte_events(request: web.Request) -> web.StreamResponse:
     bus = bus_of(request)
     frames = DteFrames()
-    feed = LiveFeed(bus).events()
-    return await tracked_stream(request, _with_snapshot(bus, feed), frames.frames)
+    feed = LiveFeed(bus).events(first=lambda: _snapshot(bus))
+    return await tracked_stream(request, feed, frames.frames)
 
 
 @dataclass(frozen=True)
@@ -122,28 +119,15 @@ class Snapshot:
     runs: list[dict[str, Any]] | None
 
 
-async def _with_snapshot(bus: AsyncBus, feed: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The current state first, then the live feed, subscribed before the state is read so
-    that nothing happening in between is missed."""
-    async with contextlib.aclosing(feed):
-        pending = asyncio.ensure_future(anext(feed))
-        try:
-            await asyncio.sleep(0)  # one loop step: the feed subscribes in its first step
-            runs: list[dict[str, Any]] | None = []
-            try:
-                for state in sorted(ACTIVE_STATES):
-                    runs += (await bus.request(Op.RUNS, state=state, limit=1000))["runs"]
-            except DaemonUnavailable:
-                runs = None  # the stream still opens; runs become known from their events
-            yield Snapshot(runs)
-            yield await pending
-        finally:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pending
-        async for item in feed:
-            yield item
+async def _snapshot(bus: AsyncBus) -> Snapshot:
+    """The active runs now (read after the feed has subscribed, so nothing is missed)."""
+    runs: list[dict[str, Any]] = []
+    try:
+        for state in sorted(ACTIVE_STATES):
+            runs += (await bus.request(Op.RUNS, state=state, limit=1000))["runs"]
+    except DaemonUnavailable:
+        return Snapshot(None)  # the stream still opens; runs become known from their events
+    return Snapshot(runs)
 
 
 class DteFrames:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -93,9 +93,13 @@ class LiveFeed:
         self._quiet_s = quiet_s
         self._feed = FeedFollower()
 
-    async def events(self) -> AsyncIterator[Event | None]:
+    async def events(self, first: Callable[[], Awaitable[Any]] | None = None) -> AsyncIterator[Any]:
+        """Live events (and None ticks); ``first()``'s result before them, read after the
+        feed has subscribed, so that nothing happening meanwhile is missed."""
         listener = self._bus.listen(None)
         try:
+            if first is not None:
+                yield await first()
             while True:
                 item = await listener.get(self._quiet_s)
                 if item is None or item is RESET:
