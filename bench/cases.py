@@ -1,4 +1,8 @@
-"""The benchmark cases: each measures duftd and its reference in the same run."""
+"""The benchmark cases: each measures duftd and its reference in the same run.
+
+One module for all cases, so that each case and the reference it is measured against are
+read side by side.
+"""
 
 from __future__ import annotations
 

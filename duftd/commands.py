@@ -220,7 +220,7 @@ class Commands:
         is neither declared nor has values.
         """
         manager = self._manager
-        target = connections.find_target(manager.config, args.id, manager.endpoints.data_dir)
+        target = connections.find_target(manager.config, args.id, manager.places.data_dir)
         try:
             result = await asyncio.wait_for(
                 asyncio.to_thread(connections.run_test, target, args.timeout_s),
@@ -235,7 +235,7 @@ class Commands:
         """(worker) -> {run_id, task_id, task_name, params, connections, config_dir,
         data_dir, temp_dir}: what a worker needs to start, never a connection's values."""
         run = _worker_run(caller)
-        data_dir = run.data_dir or self._manager.endpoints.data_dir
+        data_dir = run.data_dir or self._manager.places.data_dir
         return {
             "run_id": run.id,
             "task_id": run.task.address,

@@ -286,13 +286,3 @@ def _result(
         message=mask(message),
         result=mask(row) if row is not None else None,
     )
-
-
-def test_connection(
-    config: LoadedConfig, connection_id: str, data_dir: Path, timeout_s: float = 10.0
-) -> ConnectionTestResult:
-    """:func:`find_target` then :func:`run_test`: the whole test, synchronously."""
-    return run_test(find_target(config, connection_id, data_dir), timeout_s)
-
-
-test_connection.__test__ = False  # type: ignore[attr-defined] - not a pytest test

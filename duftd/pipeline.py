@@ -131,7 +131,6 @@ class EventPipeline:
         self._idle.set()
         self._below_limit = asyncio.Event()
         self._below_limit.set()
-        self.stored = 0
         self.storage_full = False
 
     def emit(self, channel: RunChannel, kind: str, data: dict[str, Any], ts: float) -> None:
@@ -243,6 +242,5 @@ class EventPipeline:
                     channel.lost["storage_error"] += 1
                 return
         self._storage_ok()
-        self.stored += len(rows)
         for channel, events in by_run.items():
             self._publisher.publish(channel.topic, "[" + ",".join(events) + "]")

@@ -8,7 +8,7 @@ import zmq
 # falls behind; past this it loses live events and backfills from the store. Queued
 # messages are shared by all subscribers: this bounds what stalled ones cost the daemon
 # (about 35 MB), where 100,000 let three stalled subscribers of a 1M-event run hold 140 MB.
-PUB_HIGH_WATER_MARK = 500
+PUB_HIGH_WATER_MARK = 500  # set by the server before it binds (libzmq reads it then)
 
 
 class Publisher:
@@ -16,9 +16,6 @@ class Publisher:
 
     def __init__(self, socket: zmq.Socket) -> None:
         self._socket = socket
-        socket.sndhwm = PUB_HIGH_WATER_MARK
-        self.published = 0
 
     def publish(self, topic: bytes, body: str) -> None:
         self._socket.send_multipart([topic, body.encode()], flags=zmq.NOBLOCK)
-        self.published += 1

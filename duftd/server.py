@@ -9,6 +9,9 @@ Who may talk to the daemon: each socket listens on ``ipc://<state>/<name>.ipc`` 
 owner-only state folder, so the filesystem keeps other users out at no cost per message;
 asked for tcp (``--host``/``--port``/``--curve-dir``), it also listens there, always under
 CURVE, with keys from ``--curve-dir`` or made at start (:mod:`duftd.curve`).
+
+Its size is the three phases in order, kept in one place so that start-up and shutdown
+can be read as the sequences they are.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from duftd.errors import StartupError
 from duftd.ingest import Ingest
 from duftd.pipeline import EventPipeline
 from duftd.publisher import PUB_HIGH_WATER_MARK, Publisher
-from duftd.runs.manager import RunManager, WorkerEndpoints
+from duftd.runs.manager import RunManager, RunPlaces
 from duftd.scheduler import Scheduler
 from duftd.store import Store
 
@@ -163,7 +166,7 @@ class Daemon:
         sockets = self._bind()
         publisher = Publisher(sockets["events"])
         self.pipeline = EventPipeline(self.store, publisher)
-        worker = WorkerEndpoints(
+        places = RunPlaces(
             control=self.worker_endpoints["control"],
             ingest=self.worker_endpoints["ingest"],
             data_dir=locate.data_dir(config.root),
@@ -173,7 +176,7 @@ class Daemon:
             self.store,
             self.pipeline,
             config,
-            worker,
+            places,
             options.max_concurrent,
             options.cancel_grace_s,
             spares=options.spares,

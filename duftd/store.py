@@ -2,6 +2,9 @@
 
 This is the only module that speaks SQL. The schema is versioned with
 ``PRAGMA user_version`` and migrated in place on open.
+
+Its size is the schema's migrations and the queries, kept together because this is the
+one module that speaks SQL.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from dte_tools.wire import ACTIVE_STATES
+from dte_tools.wire import ACTIVE_STATES, State
 
 # Each entry moves the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -193,8 +196,16 @@ class Store:
         now = time.time()
         cursor = await self._commit(
             "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, created_at) "
-            "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-            (task_id, requested_by, json.dumps(params), json.dumps(ignored), json.dumps(spec), now),
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                task_id,
+                State.QUEUED,
+                requested_by,
+                json.dumps(params),
+                json.dumps(ignored),
+                json.dumps(spec),
+                now,
+            ),
         )
         # Read back on the writing connection: the reader may hold an older snapshot.
         run = await self._fetch_run(self._db, cursor.lastrowid or 0)

@@ -34,6 +34,10 @@ request for a foreign Host (DNS rebinding) or from an origin that is not allowed
 duftd not reachable. On DUFT's routes an error is ``{"message", "code"}`` instead, the
 shape DUFT's UI reads. The bridge binds loopback by default and never returns a secret:
 it relays what duftd gives clients, and masks passwords on the settings screen.
+
+Its size is the route table, the run and event routes, and the middlewares every route
+shares (errors, host and origin checks); DUFT's endpoints, connections, uploads and login
+live in their own modules.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ re-read every ``watch_interval_s`` and whenever a request fails or times out:
 - a different daemon: both sockets are rebuilt with the new endpoints and key, and every
   listener gets :data:`RESET`, since live events may have been missed meanwhile and must
   be fetched from the store.
+
+Its size is the reconnection logic, which requests and live listeners share and which
+must be read as one.
 """
 
 from __future__ import annotations

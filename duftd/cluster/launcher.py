@@ -7,6 +7,9 @@ run's token and a CURVE keypair made for this run alone; on the Dask worker a re
 back. The claim is single-use: when Dask reschedules the task after the worker running it
 died, the second start is refused and the run is recorded ``lost`` with the reason. The
 keypair is revoked and the token dies when the run ends.
+
+Its size is the Dask client's life cycle (connect, reconnect, submit, cancel) beside the
+run it drives; both sides of one run stay in one place.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ faster than the link carries is slowed down, as at home. Empty batches go every
 The task's own requests (parameters, connections) and events from programs it started go
 to two ipc sockets of the relay, in a folder only this user can enter, and on to duftd:
 the CURVE keys never reach the task's processes.
+
+Its size is the batching, retrying and acknowledging of events on the far side, the
+mirror of what duftd does locally, kept in one module that travels to the Dask worker.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ warning never stops anything. Decisions where DESIGN.md is silent:
 - Per connection id, one warning when used by tasks but without user values.
 - A ``scheduledDataTasks`` entry whose cron can never fire is an error (the entry is
   dropped); one naming an unknown task is a warning.
+
+Its size is the diagnostics: each field of each file has its own clear message.
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ class ResolvedParameters:
     ignored: dict[str, str] = field(default_factory=dict)
 
 
-def json_type(value: Any) -> str:
-    """The JSON type name of ``value``; raises ``TypeError`` for non-JSON values."""
+def parameter_kind(value: Any) -> str:
+    """The JSON type a parameter value has (``number`` for int and float), which a given
+    value must share with the default; raises ``TypeError`` for non-JSON values."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -70,12 +71,12 @@ def resolve_parameters(task: TaskSpec, given: Mapping[str, Any]) -> ResolvedPara
             ignored[key] = "not overridable (allowOverride is false)"
             continue
         try:
-            got = json_type(value)
+            got = parameter_kind(value)
         except TypeError as exc:
             mismatches.append(f"{key!r}: {exc}")
             continue
         if spec.has_default and spec.default_value is not None:
-            expected = json_type(spec.default_value)
+            expected = parameter_kind(spec.default_value)
             if got != expected:
                 mismatches.append(
                     f"{key!r} expects a {expected} (like its default "

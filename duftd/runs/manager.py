@@ -4,6 +4,9 @@ Each run's state changes are written to the store and published as ``state`` eve
 here, and nowhere else; both go through the pipeline's one writer, the event first, so a
 reader that sees a run's final state also finds its final event. The work of one run is
 in :mod:`duftd.runs.run`; one :class:`RunSupervisor` per running run does the process work.
+
+Its size is the one-active-run-per-task rule, the queue and every state change of a run,
+which must be read together to see that they agree.
 """
 
 from __future__ import annotations
@@ -33,13 +36,13 @@ from duftd.errors import ShuttingDownError, StorageFullError, UnknownRunError
 from duftd.ingest import RunLink
 from duftd.pipeline import EventPipeline, RunChannel, is_storage_full
 from duftd.runs.launchers import Launcher, LocalLauncher
-from duftd.runs.run import LiveRun, WorkerEndpoints, mask_notebook
+from duftd.runs.run import LiveRun, RunPlaces, mask_notebook
 from duftd.runs.supervisor import Limits, Outcome
 from duftd.store import Store
 
 log = structlog.get_logger("duftd.runs")
 
-__all__ = ["RunManager", "WorkerEndpoints"]
+__all__ = ["RunManager", "RunPlaces"]
 
 # Where a run's worker runs, in its `running` state event and its record.
 PLACEMENT = ("pid", "dask_worker", "host")
@@ -57,7 +60,7 @@ class RunManager:
         store: Store,
         pipeline: EventPipeline,
         config: LoadedConfig,
-        endpoints: WorkerEndpoints,
+        places: RunPlaces,
         max_concurrent: int,
         cancel_grace_s: float = 5.0,
         spares: bool = True,
@@ -66,7 +69,7 @@ class RunManager:
         self.store = store
         self.pipeline = pipeline
         self.config = config
-        self.endpoints = endpoints
+        self.places = places
         self.max_concurrent = max_concurrent
         self.cancel_grace_s = cancel_grace_s
         self._live: dict[int, LiveRun] = {}
@@ -79,8 +82,8 @@ class RunManager:
         self.on_run_end: Callable[[str], None] | None = None
         known_ahead = spawn.worker_environment(
             {
-                wire.ENV_CONTROL: endpoints.control,
-                wire.ENV_INGEST: endpoints.ingest,
+                wire.ENV_CONTROL: places.control,
+                wire.ENV_INGEST: places.ingest,
                 wire.ENV_CONFIG_DIR: str(config.root),
             }
         )
@@ -160,7 +163,7 @@ class RunManager:
             config=config,
             params=resolved.values,
             link=RunLink(secrets.token_hex(32).encode(), channel),
-            folder=self.endpoints.runs_dir / str(record["id"]),
+            folder=self.places.runs_dir / str(record["id"]),
         )
         self._live[run.id] = run
         self._active_by_task[task.address] = run
@@ -219,7 +222,7 @@ class RunManager:
     async def _supervise(self, run: LiveRun) -> Outcome:
         limits = Limits(run.task.timeout_seconds, self.cancel_grace_s)
         try:
-            job = run.job(self.endpoints)
+            job = run.job(self.places)
             supervisor = await self.launcher.place(run, limits)
         except OSError as error:
             return Outcome(State.FAILED, None, f"worker did not start: {error}")

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class WorkerEndpoints:
-    """Where workers reach the daemon, and the folders runs use."""
+class RunPlaces:
+    """Where a run's worker finds things: the daemon's endpoints and the run's folders."""
 
     control: str
     ingest: str
@@ -62,14 +62,14 @@ class LiveRun:
             return None
         return self.folder / self.task.script_path.name
 
-    def job(self, endpoints: WorkerEndpoints) -> Job:
+    def job(self, places: RunPlaces) -> Job:
         """The run's job document: the one place a worker's run is described."""
         task = self.task
         env = {
             wire.ENV_RUN_ID: str(self.id),
             wire.ENV_RUN_TOKEN: self.link.token.decode(),
-            wire.ENV_CONTROL: endpoints.control,
-            wire.ENV_INGEST: endpoints.ingest,
+            wire.ENV_CONTROL: places.control,
+            wire.ENV_INGEST: places.ingest,
             wire.ENV_CONFIG_DIR: str(self.config.root),
         }
         script, cwd = task.script_path, task.data_tasks_dir

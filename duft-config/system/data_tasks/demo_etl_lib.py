@@ -13,6 +13,9 @@ tables there in one transaction instead of :func:`publish`.
 
 Only the standard library is used: the demo must work on a fresh machine (the server
 paths take connections opened by the caller).
+
+Its size is the demo's stages, one function each; they share the staging and publishing
+helpers here.
 """
 
 from __future__ import annotations

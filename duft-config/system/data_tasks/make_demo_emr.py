@@ -13,6 +13,9 @@ As a data task it writes to the EMR connection's file. From a terminal:
 
 On a server the four tables are dropped and recreated in the given database (with DATE
 columns and foreign keys), in one go; the database itself must exist.
+
+Its size is the synthetic data's rules, one function per table, sharing one seeded
+generator.
 """
 
 from __future__ import annotations
