@@ -35,7 +35,7 @@ from dte_tools.wire import (
 )
 from duftd.errors import BadRequestError, DuftError, UnauthorizedError
 from duftd.protocol import Envelope, Operation
-from duftd.runs.manager import LiveRun
+from duftd.runs.run import LiveRun
 
 log = structlog.get_logger("duftd.control")
 

@@ -37,9 +37,9 @@ import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from dte_tools import locate
+from dte_tools.addresses import is_loopback
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve, spawn
-from duftd.addresses import is_loopback
 from duftd.cluster.connect import DaskSettings, dask_settings
 from duftd.cluster.launcher import DaemonSide, DaskLauncher, RunKeys
 from duftd.commands import Commands
@@ -51,6 +51,7 @@ from duftd.ingest import Ingest
 from duftd.pipeline import EventPipeline
 from duftd.publisher import PUB_HIGH_WATER_MARK, Publisher
 from duftd.runs.manager import RunManager, RunPlaces
+from duftd.runs.run import run_folder
 from duftd.scheduler import Scheduler
 from duftd.store import Store
 
@@ -170,7 +171,7 @@ class Daemon:
             control=self.worker_endpoints["control"],
             ingest=self.worker_endpoints["ingest"],
             data_dir=locate.data_dir(config.root),
-            runs_dir=options.state_dir / "runs",
+            state_dir=options.state_dir,
         )
         self.manager = RunManager(
             self.store,
@@ -367,7 +368,7 @@ class Daemon:
 
     def _remove_run_dirs(self, run_ids: list[int]) -> None:
         for run_id in run_ids:
-            shutil.rmtree(self.options.state_dir / "runs" / str(run_id), ignore_errors=True)
+            shutil.rmtree(run_folder(self.options.state_dir, run_id), ignore_errors=True)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or a core loop dies (which is logged)."""

@@ -36,7 +36,7 @@ from duftd.errors import ShuttingDownError, StorageFullError, UnknownRunError
 from duftd.ingest import RunLink
 from duftd.pipeline import EventPipeline, RunChannel, is_storage_full
 from duftd.runs.launchers import Launcher, LocalLauncher
-from duftd.runs.run import LiveRun, RunPlaces, mask_notebook
+from duftd.runs.run import LiveRun, RunPlaces, mask_notebook, run_folder
 from duftd.runs.supervisor import Limits, Outcome
 from duftd.store import Store
 
@@ -163,7 +163,7 @@ class RunManager:
             config=config,
             params=resolved.values,
             link=RunLink(secrets.token_hex(32).encode(), channel),
-            folder=self.places.runs_dir / str(record["id"]),
+            folder=run_folder(self.places.state_dir, record["id"]),
         )
         self._live[run.id] = run
         self._active_by_task[task.address] = run

@@ -33,7 +33,17 @@ class RunPlaces:
     control: str
     ingest: str
     data_dir: Path
-    runs_dir: Path  # per-run folders: executed notebooks, executeFromRoot copies
+    state_dir: Path  # holds each run's own folder (run_folder)
+
+
+RUNS_FOLDER = "runs"
+
+
+def run_folder(state_dir: Path, run_id: int) -> Path:
+    """A run's own folder (its executed notebook, executeFromRoot copies): the one place
+    that knows where it is, for the run manager that fills it and the pruning that
+    removes it."""
+    return state_dir / RUNS_FOLDER / str(run_id)
 
 
 @dataclass(eq=False)
