@@ -36,11 +36,12 @@ MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
 
 
 class DaemonError(RuntimeError):
-    """The daemon refused a request or could not be reached."""
+    """The daemon refused a request or could not be reached; ``code`` is an ErrorCode."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.message = message
 
 
 class ControlClient:

@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from clients.bus import ConnectionInfo, DaemonNotRunning, curve_setup
+from clients.bus import ConnectionInfo, DaemonError, DaemonNotRunning, curve_setup
 from dte_tools.wire import (
     CLIENT_SIGNER,
     TOPIC_PREFIX,
@@ -57,13 +57,8 @@ class DaemonUnavailable(RuntimeError):
     """duftd is not running or does not answer; the message says which and where."""
 
 
-class DaemonRefused(RuntimeError):
-    """duftd answered with an error reply; ``code`` is its wire code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class DaemonRefused(DaemonError):
+    """duftd answered with an error reply (never a timeout: that is DaemonUnavailable)."""
 
 
 class _Reset:
