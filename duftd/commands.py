@@ -28,6 +28,7 @@ from duftd.config_reload import use_config
 from duftd.control import Caller
 from duftd.errors import UnauthorizedError
 from duftd.ingest import Ingest
+from duftd.pipeline import EventPipeline
 from duftd.protocol import (
     ClaimArgs,
     ConnectionArgs,
@@ -47,6 +48,7 @@ from duftd.protocol import (
 )
 from duftd.runs.manager import LiveRun, RunManager
 from duftd.scheduler import Scheduler
+from duftd.store import Store
 
 
 def task_summary(task: TaskSpec, config: LoadedConfig) -> dict[str, Any]:
@@ -81,12 +83,16 @@ class Commands:
     def __init__(
         self,
         manager: RunManager,
+        store: Store,
+        pipeline: EventPipeline,
         ingest: Ingest,
+        scheduler: Scheduler,
         started_at: float,
-        scheduler: Scheduler | None = None,
         strict_connections: bool = False,
     ) -> None:
         self._manager = manager
+        self._store = store
+        self._pipeline = pipeline
         self._ingest = ingest
         self._started_at = started_at
         self._scheduler = scheduler
@@ -111,12 +117,12 @@ class Commands:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started_at, 3),
             "config": str(manager.config.root),
-            "runs": await manager.store.counts_by_state(),
+            "runs": await self._store.counts_by_state(),
             "active": manager.active,
             "queued": manager.queued,
             "max_concurrent": manager.max_concurrent,
             "dropped": dict(self._ingest.dropped),
-            "storage_full": manager.pipeline.storage_full,
+            "storage_full": self._pipeline.storage_full,
             **manager.launcher.health(),
         }
 
@@ -161,7 +167,7 @@ class Commands:
     @operation(Op.RUNS)
     async def runs(self, caller: Caller, args: RunsArgs) -> dict[str, Any]:
         """{task?, state?, limit?=50} -> {runs: [run]}, newest first."""
-        store = self._manager.store
+        store = self._store
         return {"runs": await store.list_runs(args.task, args.state, args.limit)}
 
     @operation(Op.EVENTS)
@@ -174,7 +180,7 @@ class Commands:
         """
         manager = self._manager
         run = await manager.get_run(args.run)
-        events = await manager.store.events_after(args.run, args.after, args.limit + 1)
+        events = await self._store.events_after(args.run, args.after, args.limit + 1)
         more = len(events) > args.limit
         events = events[: args.limit]
         final = run["state"] in FINAL_STATES and not more
@@ -206,8 +212,6 @@ class Commands:
         """{count?=3} -> {timezone, utc_offset, now: {iso, ts}, schedules: [{key, task,
         description, cron, next: [{iso, ts}], last: {due, fired, outcome, run?, message?}
         | null}]}; times are the machine's local time, cron has seconds first."""
-        if self._scheduler is None:
-            return {"timezone": "", "utc_offset": "", "now": None, "schedules": []}
         return self._scheduler.describe(args.count)
 
     @operation(Op.TEST_CONNECTION)
@@ -262,7 +266,7 @@ class Commands:
                 f"task {run.task.address} read connection {args.id}, which its "
                 f"dataConnections do not list; add it in {run.task.source_file}"
             )
-            self._manager.pipeline.emit(
+            self._pipeline.emit(
                 run.link.channel, Kind.LOG, {"level": "warning", "message": message}, time.time()
             )
         return {"values": values}

@@ -20,22 +20,19 @@ from duftd.scheduler import Scheduler
 log = structlog.get_logger("duftd.config")
 
 
-def reload_config(manager: RunManager, scheduler: Scheduler | None) -> LoadedConfig:
+def reload_config(manager: RunManager, scheduler: Scheduler) -> LoadedConfig:
     """Load the config folder again; new runs and schedules use it, live runs keep theirs."""
     return use_config(manager, scheduler, load_config(manager.config.root))
 
 
-def use_config(
-    manager: RunManager, scheduler: Scheduler | None, config: LoadedConfig
-) -> LoadedConfig:
+def use_config(manager: RunManager, scheduler: Scheduler, config: LoadedConfig) -> LoadedConfig:
     """Swap ``config`` in for new runs and schedules, in one step (no await)."""
     manager.reload(config)
-    if scheduler is not None:
-        scheduler.reload(config)
+    scheduler.reload(config)
     return config
 
 
-def reload_if_replaced(manager: RunManager, scheduler: Scheduler | None, task: str) -> None:
+def reload_if_replaced(manager: RunManager, scheduler: Scheduler, task: str) -> None:
     """After a run of ``task``: reload if it replaced the config folder. Never raises."""
     old = manager.config
     try:

@@ -35,6 +35,7 @@ from duftd.config.schedule import firing, local_timezone, next_firings, utc_offs
 from duftd.errors import DuftError, ShuttingDownError
 
 if TYPE_CHECKING:
+    from duftd.pipeline import EventPipeline
     from duftd.runs.manager import RunManager
 
 log = structlog.get_logger("duftd.scheduler")
@@ -91,8 +92,9 @@ class _Entry:
 class Scheduler:
     """Fires every schedule of the current config; :meth:`run` is the daemon's loop."""
 
-    def __init__(self, manager: RunManager, config: LoadedConfig) -> None:
+    def __init__(self, manager: RunManager, pipeline: EventPipeline, config: LoadedConfig) -> None:
         self._manager = manager
+        self._pipeline = pipeline
         self._entries: dict[str, _Entry] = {}
         self._wake = asyncio.Event()
         self.reload(config)
@@ -159,5 +161,5 @@ class Scheduler:
         live = self._manager.live_run(run["id"])
         if live is not None:  # else it ended meanwhile: its final state stays its last event
             data = {"message": message, "schedule": key, "skipped": True}
-            self._manager.pipeline.emit(live.link.channel, Kind.NOTICE, data, time.time())
+            self._pipeline.emit(live.link.channel, Kind.NOTICE, data, time.time())
         log.info("scheduled firing skipped", schedule=key, task=task, active_run=run["id"])

@@ -184,10 +184,16 @@ class Daemon:
             launcher=self._dask_launcher(),
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
-        scheduler = Scheduler(self.manager, config)
+        scheduler = Scheduler(self.manager, self.pipeline, config)
         self.manager.on_run_end = functools.partial(reload_if_replaced, self.manager, scheduler)
         commands = Commands(
-            self.manager, ingest, self.started_at, scheduler, options.strict_connections
+            self.manager,
+            self.store,
+            self.pipeline,
+            ingest,
+            scheduler,
+            self.started_at,
+            options.strict_connections,
         )
         control = ControlServer(
             sockets["control"], key.encode(), commands.operations(), self.manager.live_run
