@@ -37,6 +37,7 @@ from duftd.errors import DuftError, ShuttingDownError
 if TYPE_CHECKING:
     from duftd.pipeline import EventPipeline
     from duftd.runs.manager import RunManager
+    from duftd.runs.run import LiveRuns
 
 log = structlog.get_logger("duftd.scheduler")
 
@@ -92,8 +93,15 @@ class _Entry:
 class Scheduler:
     """Fires every schedule of the current config; :meth:`run` is the daemon's loop."""
 
-    def __init__(self, manager: RunManager, pipeline: EventPipeline, config: LoadedConfig) -> None:
+    def __init__(
+        self,
+        manager: RunManager,
+        live: LiveRuns,
+        pipeline: EventPipeline,
+        config: LoadedConfig,
+    ) -> None:
         self._manager = manager
+        self._live = live
         self._pipeline = pipeline
         self._entries: dict[str, _Entry] = {}
         self._wake = asyncio.Event()
@@ -158,7 +166,7 @@ class Scheduler:
             f"schedule {key}: the firing due at {due.isoformat()} was skipped because this "
             f"run of {run['task_id']} was still {run['state']}"
         )
-        live = self._manager.live_run(run["id"])
+        live = self._live.get(run["id"])
         if live is not None:  # else it ended meanwhile: its final state stays its last event
             data = {"message": message, "schedule": key, "skipped": True}
             self._pipeline.emit(live.link.channel, Kind.NOTICE, data, time.time())

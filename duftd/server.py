@@ -51,7 +51,7 @@ from duftd.ingest import Ingest
 from duftd.pipeline import EventPipeline
 from duftd.publisher import PUB_HIGH_WATER_MARK, Publisher
 from duftd.runs.manager import RunManager, RunPlaces
-from duftd.runs.run import run_folder
+from duftd.runs.run import LiveRuns, run_folder
 from duftd.scheduler import Scheduler
 from duftd.store import Store
 
@@ -173,18 +173,20 @@ class Daemon:
             data_dir=locate.data_dir(config.root),
             state_dir=options.state_dir,
         )
+        live = LiveRuns()
         self.manager = RunManager(
             self.store,
             self.pipeline,
             config,
             places,
+            live,
             options.max_concurrent,
             options.cancel_grace_s,
             spares=options.spares,
             launcher=self._dask_launcher(),
         )
-        ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
-        scheduler = Scheduler(self.manager, self.pipeline, config)
+        ingest = Ingest(sockets["ingest"], self.pipeline, live.link)
+        scheduler = Scheduler(self.manager, live, self.pipeline, config)
         self.manager.on_run_end = functools.partial(reload_if_replaced, self.manager, scheduler)
         commands = Commands(
             self.manager,
@@ -195,9 +197,7 @@ class Daemon:
             self.started_at,
             options.strict_connections,
         )
-        control = ControlServer(
-            sockets["control"], key.encode(), commands.operations(), self.manager.live_run
-        )
+        control = ControlServer(sockets["control"], key.encode(), commands.operations(), live.get)
         self._tasks = [
             asyncio.create_task(self.pipeline.run(), name="pipeline"),
             asyncio.create_task(ingest.run(), name="ingest"),

@@ -36,7 +36,7 @@ from duftd.errors import ShuttingDownError, StorageFullError, UnknownRunError
 from duftd.ingest import RunLink
 from duftd.pipeline import EventPipeline, RunChannel, is_storage_full
 from duftd.runs.launchers import Launcher, LocalLauncher
-from duftd.runs.run import LiveRun, RunPlaces, mask_notebook, run_folder
+from duftd.runs.run import LiveRun, LiveRuns, RunPlaces, mask_notebook, run_folder
 from duftd.runs.supervisor import Limits, Outcome
 from duftd.store import Store
 
@@ -61,6 +61,7 @@ class RunManager:
         pipeline: EventPipeline,
         config: LoadedConfig,
         places: RunPlaces,
+        live: LiveRuns,
         max_concurrent: int,
         cancel_grace_s: float = 5.0,
         spares: bool = True,
@@ -72,7 +73,7 @@ class RunManager:
         self.places = places
         self.max_concurrent = max_concurrent
         self.cancel_grace_s = cancel_grace_s
-        self._live: dict[int, LiveRun] = {}
+        self._live = live
         self._active_by_task: dict[str, LiveRun] = {}
         self._queue: deque[LiveRun] = deque()
         self._submit_locks: dict[str, asyncio.Lock] = {}
@@ -92,14 +93,6 @@ class RunManager:
         )
 
     # -- queries ---------------------------------------------------------------
-
-    def worker_link(self, run_id: int) -> RunLink | None:
-        """The ingest link of a live run (how ingest checks a worker's token)."""
-        run = self._live.get(run_id)
-        return run.link if run else None
-
-    def live_run(self, run_id: int) -> LiveRun | None:
-        return self._live.get(run_id)
 
     @property
     def queued(self) -> int:
@@ -165,7 +158,7 @@ class RunManager:
             link=RunLink(secrets.token_hex(32).encode(), channel),
             folder=run_folder(self.places.state_dir, record["id"]),
         )
-        self._live[run.id] = run
+        self._live.add(run)
         self._active_by_task[task.address] = run
         self._emit_state(run, State.QUEUED, {"requested_by": requested_by})
         self._queue.append(run)
@@ -279,7 +272,7 @@ class RunManager:
         Never raises: whatever fails here is logged, and the run is still forgotten (a
         run whose state could not be recorded is marked lost by the next start)."""
         # No event of the run is taken after its final state (ingest looks runs up here).
-        self._live.pop(run.id, None)
+        self._live.remove(run)
         try:
             await self._record_final(run, outcome)
         except Exception:
@@ -371,9 +364,9 @@ class RunManager:
         await self.launcher.close()
 
     async def _stop_all(self, reason: str) -> None:
-        for run in list(self._live.values()):
+        for run in self._live.all():
             await self.cancel(run.id, reason)
-        runs = [run.finished.wait() for run in self._live.values()]
+        runs = [run.finished.wait() for run in self._live.all()]
         await asyncio.gather(*runs, self.pipeline.drained())
 
     def reload(self, config: LoadedConfig) -> None:

@@ -109,6 +109,37 @@ class LiveRun:
             mask_notebook(output, Redactor(self.secrets))
 
 
+class LiveRuns:
+    """The runs that are queued, starting or running, by id: the one registry of them.
+
+    The run manager adds and removes runs; control (a worker's signature), ingest (a
+    worker's token and channel) and the scheduler (a notice to a live run) look them up.
+    Each gets it at construction."""
+
+    def __init__(self) -> None:
+        self._runs: dict[int, LiveRun] = {}
+
+    def add(self, run: LiveRun) -> None:
+        self._runs[run.id] = run
+
+    def remove(self, run: LiveRun) -> None:
+        self._runs.pop(run.id, None)
+
+    def get(self, run_id: int) -> LiveRun | None:
+        return self._runs.get(run_id)
+
+    def link(self, run_id: int) -> RunLink | None:
+        """The run's link (its token and event channel), for ingest."""
+        run = self._runs.get(run_id)
+        return run.link if run else None
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def all(self) -> list[LiveRun]:
+        return list(self._runs.values())
+
+
 def mask_notebook(path: Path, redactor: Redactor) -> None:
     """Mask secrets in an executed notebook on disk (one a runner could not finish)."""
     if redactor and path.is_file():
