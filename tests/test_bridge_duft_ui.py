@@ -13,7 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from clients.bridge import upstream
+from clients.bridge.app import errors_middleware
+from clients.bridge.auth import CREDENTIALS, Credentials
 from dte_tools.wire import Op
 from tests import test_bridge_api as shared
 from tests.harness import (
@@ -391,11 +395,18 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
                 assert response.status == 200
             async with client.get(f"{bridge.url}/api/v2/navigation") as response:
                 assert response.status == 200  # served by the bridge, not forwarded
-        async with (
-            aiohttp.ClientSession() as stranger,
-            stranger.post(f"{bridge.url}/api/v2/run-query", json={}) as response,
-        ):
-            assert response.status == 401  # forwarding needs a credential too
+        async with aiohttp.ClientSession() as stranger:
+            # Forwarding needs a credential too, also on public or self-checking paths
+            # asked with another method than theirs.
+            for method, path in (
+                ("POST", "/api/v2/run-query"),
+                ("GET", "/api/v2/uploads"),
+                ("PUT", "/api/v2/token/"),
+                ("GET", "/api/v2/token/refresh"),
+                ("DELETE", "/api/v2/get-current-config"),
+            ):
+                async with stranger.request(method, f"{bridge.url}{path}", json={}) as response:
+                    assert response.status == 401, (method, path)
     assert [(s["method"], s["path"]) for s in duft.seen] == [
         ("POST", "/api/v2/run-query?page=2"),
         ("GET", "/api/v2/query-data/home"),
@@ -406,6 +417,23 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
         names = {name.lower() for name in seen["headers"]}
         assert "authorization" not in names and "cookie" not in names
         assert bridge.token not in json.dumps(seen["headers"])
+
+
+async def test_forwarder_refuses_a_request_without_identity_when_auth_is_on(
+    tmp_path: Path,
+) -> None:
+    """Defence in depth: the upstream forwarder alone (no auth middleware in front) answers
+    401 to a request with no identity while logins are on, and forwards nothing."""
+    async with FakeDuftServer() as duft:
+        app = web.Application(middlewares=[errors_middleware])
+        app[CREDENTIALS] = Credentials(tmp_path, enabled=True)
+        upstream.add_routes(app, duft.url)
+        async with (
+            TestClient(TestServer(app)) as client,
+            client.get("/api/v2/query-data/home") as response,
+        ):
+            assert response.status == 401
+    assert duft.seen == []
 
 
 # -- a built UI at / -----------------------------------------------------------------------

@@ -13,10 +13,12 @@ Every request that reads runs, starts, cancels or changes anything needs one of:
   starting and cancelling runs needs ``run_data_task``, changing connection values
   ``change_settings``.
 
-Public without a credential: the pages (the bridge's own or a ``--ui`` build),
-``get-current-config`` (DUFT's UI reads it to learn that it must log in) and the two
-token endpoints. ``POST /api/v2/uploads`` checks HTTP Basic credentials of an account
-itself. ``--no-auth`` turns all of this off for a single-user desktop.
+Public without a credential, each by method and path (another method on the same path
+needs a credential): the pages (the bridge's own or a ``--ui`` build), ``GET
+get-current-config`` (DUFT's UI reads it to learn that it must log in) and ``POST`` to the
+two token endpoints. ``POST /api/v2/uploads`` checks HTTP Basic credentials of an account
+itself. The ``--upstream`` forwarder refuses any request without an identity as well.
+``--no-auth`` turns all of this off for a single-user desktop.
 
 Wrong tokens and passwords count as failed logins per client address; past
 ``MAX_FAILURES`` within ``FAILURE_WINDOW_S`` the address gets 429 until the window has
@@ -50,15 +52,24 @@ FAILURE_WINDOW_S = 60.0
 MAX_TRACKED_ADDRESSES = 4096
 OWNER = "owner"
 JWT_ALGORITHM = "HS256"
-# Reachable without a credential (anything outside these prefixes is a page or its files).
+# Needing a credential (anything outside these prefixes is a page or its files).
 PROTECTED_PREFIXES = ("/api/", "/sse/", "/run-data-task")
-PUBLIC_PATHS = frozenset(
-    {"/api/v2/get-current-config", "/api/v2/token/", "/api/v2/token/refresh/"}
-    | {"/api/v2/get-current-config/", "/api/v2/token", "/api/v2/token/refresh"}
+
+
+def _routes(methods: tuple[str, ...], *paths: str) -> frozenset[tuple[str, str]]:
+    """``(method, path)`` pairs, each path also with and without its trailing slash."""
+    variants = {variant for path in paths for variant in (path.rstrip("/"), path.rstrip("/") + "/")}
+    return frozenset((method, path) for method in methods for path in variants)
+
+
+# Reachable without a credential, by method and path: any other method on these paths
+# needs one (else it would fall through to the --upstream catch-all unchecked).
+PUBLIC_ROUTES = _routes(("GET", "HEAD"), "/api/v2/get-current-config") | _routes(
+    ("POST",), "/api/v2/token/", "/api/v2/token/refresh/"
 )
 # Routes that check their own credentials: uploads take HTTP Basic of an account
 # (clients.bridge.uploads), as DUFT's post_file_to_duft_server sends them.
-SELF_AUTHENTICATED = frozenset({UPLOAD_PATH})
+SELF_AUTHENTICATED = frozenset({("POST", UPLOAD_PATH)})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -241,24 +252,27 @@ def require(request: web.Request, permission: str) -> Identity:
     return who
 
 
-def protected(path: str) -> bool:
-    return path.startswith(PROTECTED_PREFIXES) and path not in PUBLIC_PATHS
+def protected(request: web.Request) -> bool:
+    return (
+        request.path.startswith(PROTECTED_PREFIXES)
+        and (request.method, request.path) not in PUBLIC_ROUTES
+    )
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Identify the caller; refuse protected paths without a credential; take ``?token=``."""
     credentials = request.app[CREDENTIALS]
-    if request.path in SELF_AUTHENTICATED:
+    if (request.method, request.path) in SELF_AUTHENTICATED:
         return await handler(request)
     if not credentials.enabled:
         request[IDENTITY] = OWNER_IDENTITY
         return await handler(request)
-    if "token" in request.query and request.method == "GET" and not protected(request.path):
+    if "token" in request.query and request.method == "GET" and not protected(request):
         return _login_by_url(request, credentials)
     who = credentials.identify(request)
     request[IDENTITY] = who
-    if who is None and protected(request.path):
+    if who is None and protected(request):
         raise HttpError(
             401,
             "unauthorized",

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from clients.bridge.auth import CREDENTIALS, identity_of
 from clients.bridge.web_io import HttpError
 
 UPSTREAM = web.AppKey("upstream", "Upstream")
@@ -57,6 +58,9 @@ class Upstream:
             await self._session.close()
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        if request.app[CREDENTIALS].enabled and identity_of(request) is None:
+            # Defence in depth: the auth middleware lets no such request here.
+            raise HttpError(401, "unauthorized", "forwarding to DUFT's server needs a credential")
         if self._session is None:
             raise HttpError(
                 501,
