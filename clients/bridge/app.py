@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    os.umask(0o077)  # what the bridge writes (uploads, accounts) is its owner's alone
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:

@@ -3,7 +3,9 @@
 The request is ``multipart/form-data`` with a ``kind`` field and then a ``file`` field,
 authenticated with HTTP Basic. The file is streamed to
 ``<data folder>/uploads/<kind>/<name>`` (a new name when that one is taken, never an
-overwrite) and refused past :data:`MAX_UPLOAD_BYTES`. Reply ``201 {kind, name, path,
+overwrite) and refused past :data:`MAX_UPLOAD_BYTES`. The data folder is the running
+duftd's (its ``health`` answer), so tasks find the files where they read data; folders are
+made 0700 and files 0600, as uploads may hold personal data. Reply ``201 {kind, name, path,
 bytes}``, ``path`` relative to the data folder.
 
 Any account of ``duft users add`` may upload (the bridge's one account store,
@@ -17,26 +19,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import BodyPartReader, web
 
 from clients.bridge import accounts
 from clients.bridge.auth import CREDENTIALS, client_address
-from clients.bridge.web_io import HttpError
-from dte_tools import locate
+from clients.bridge.web_io import HttpError, bus_of
 from dte_tools.upload import UPLOAD_PATH
+from dte_tools.wire import Op
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 KIND_FIELD_BYTES = 128
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PRIVATE_FOLDER = 0o700
+PRIVATE_FILE = 0o600
 
 
 @dataclass(frozen=True)
 class UploadSettings:
-    data_dir: Path
+    data_dir: Path | None = None  # None: the running duftd's, asked per upload
     max_bytes: int = MAX_UPLOAD_BYTES
 
 
@@ -44,8 +50,8 @@ SETTINGS = web.AppKey("uploads", UploadSettings)
 
 
 def register(app: web.Application) -> None:
-    """Add the upload route; uploads land in the data folder duftd uses by default."""
-    app[SETTINGS] = UploadSettings(locate.data_dir(locate.default_config_dir()))
+    """Add the upload route; uploads land in the running duftd's data folder."""
+    app[SETTINGS] = UploadSettings()
     app.router.add_post(UPLOAD_PATH, receive_upload)
 
 
@@ -70,8 +76,10 @@ async def receive_upload(request: web.Request) -> web.Response:
     name = Path(file_part.filename or "upload").name
     if name in ("", ".", "..") or name.startswith("."):
         raise HttpError(400, "bad_request", f"file name {file_part.filename!r} is not allowed")
-    folder = settings.data_dir / "uploads" / kind
-    folder.mkdir(parents=True, exist_ok=True)
+    data_dir = await _data_dir(request)
+    folder = data_dir / "uploads" / kind
+    for level in (data_dir, folder.parent, folder):
+        level.mkdir(mode=PRIVATE_FOLDER, exist_ok=True)
     target, handle = _new_file(folder, name)
     size = 0
     try:
@@ -86,7 +94,7 @@ async def receive_upload(request: web.Request) -> web.Response:
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    path = str(target.relative_to(settings.data_dir))
+    path = str(target.relative_to(data_dir))
     return web.json_response(
         {"kind": kind, "name": target.name, "path": path, "bytes": size, "user": username},
         status=201,
@@ -115,13 +123,23 @@ async def _authenticate(request: web.Request) -> str:
     return username
 
 
-def _new_file(folder: Path, name: str):
-    """Create ``name`` in ``folder``, or ``stem-2.ext``... if taken (exclusive create)."""
+async def _data_dir(request: web.Request) -> Path:
+    """The configured data folder, else the one the running duftd uses."""
+    configured = request.app[SETTINGS].data_dir
+    if configured is not None:
+        return configured
+    return Path((await bus_of(request).request(Op.HEALTH))["data_dir"])
+
+
+def _new_file(folder: Path, name: str) -> tuple[Path, BinaryIO]:
+    """Create ``name`` in ``folder``, or ``stem-2.ext``... if taken (exclusive create,
+    owner-only whatever the umask)."""
     stem, suffix = Path(name).stem, Path(name).suffix
     for serial in range(1, 10_000):
         target = folder / (name if serial == 1 else f"{stem}-{serial}{suffix}")
         try:
-            return target, open(target, "xb")
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
         except FileExistsError:
             continue
+        return target, os.fdopen(fd, "wb")
     raise HttpError(409, "conflict", f"too many files named like {name} in {folder}")
