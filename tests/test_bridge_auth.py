@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import stat
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 from clients.bridge.auth import MAX_FAILURES
 from dte_tools.wire import Op
 from tests import test_bridge_api as shared
-from tests.harness import DaemonProcess, environment_without_duft
+from tests.harness import DaemonProcess, environment_without_duft, second_user
 from tests.test_bridge_api import BridgeProcess
 
 bridge_factory = shared.bridge_factory
@@ -123,21 +121,8 @@ print(json.dumps(codes))
 @pytest.fixture
 def stranger_uid() -> Iterator[int]:
     """A fresh system user (removed at the end)."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a second unix user needs root")
-    name = f"duftb{uuid.uuid4().hex[:8]}"
-    made = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"useradd refused to create a second user: {made.stderr.strip()}")
-    try:
-        yield pwd.getpwnam(name).pw_uid
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+    with second_user("duftb") as user:
+        yield user.pw_uid
 
 
 def test_another_local_user_gets_401_from_every_route(
