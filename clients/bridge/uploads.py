@@ -9,14 +9,13 @@ made 0700 and files 0600, as uploads may hold personal data. Reply ``201 {kind, 
 bytes}``, ``path`` relative to the data folder.
 
 Any account of ``duft users add`` may upload (the bridge's one account store,
-:mod:`clients.bridge.accounts`); a wrong password counts as a failed login of the client's
-address, as on DUFT's login (:mod:`clients.bridge.auth`). The route authenticates itself:
-the bridge's credential check lets it through.
+:mod:`clients.bridge.accounts`); a wrong password counts as a failed login, as on DUFT's
+login (:mod:`clients.bridge.auth`). The route authenticates itself: the bridge's
+credential check lets it through.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import os
@@ -27,8 +26,7 @@ from typing import BinaryIO
 
 from aiohttp import BodyPartReader, web
 
-from clients.bridge import accounts
-from clients.bridge.auth import CREDENTIALS, client_address
+from clients.bridge.auth import CREDENTIALS
 from clients.bridge.web_io import HttpError, bus_of
 from dte_tools.upload import UPLOAD_PATH
 from dte_tools.wire import Op
@@ -110,16 +108,8 @@ async def _authenticate(request: web.Request) -> str:
         sep = ""
     if scheme.lower() != "basic" or not sep:
         raise HttpError(401, "unauthorized", "send HTTP Basic credentials of an uploader")
-    credentials = request.app[CREDENTIALS]
-    address = client_address(request)
-    credentials.failures.check(address)
-    account = await asyncio.to_thread(  # a slow hash: off the loop
-        accounts.verify_password, credentials.state_dir, username, password
-    )
-    if account is None:
-        credentials.failures.failed(address)
+    if await request.app[CREDENTIALS].verify_login(request, username, password) is None:
         raise HttpError(401, "unauthorized", f"wrong username or password for {username!r}")
-    credentials.failures.succeeded(address)
     return username
 
 
