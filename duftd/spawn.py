@@ -135,15 +135,6 @@ def signal_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group still exists (signal 0 probes without sending)."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def process_environ(pid: int) -> bytes:
     """The environment a process was started with ('' when unreadable or gone)."""
     try:

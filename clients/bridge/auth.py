@@ -86,7 +86,6 @@ class Identity:
 
     name: str
     permissions: frozenset[str]
-    is_user: bool = False
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions
@@ -263,7 +262,7 @@ class Credentials:
 
 
 def _user(account: accounts.Account) -> Identity:
-    return Identity(account.name, account.permissions, is_user=True)
+    return Identity(account.name, account.permissions)
 
 
 def client_address(request: web.Request) -> str:
