@@ -34,9 +34,9 @@ import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from dte_tools import locate
+from dte_tools.addresses import is_loopback
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve, spawn
-from duftd.addresses import is_loopback
 from duftd.cluster.connect import DaskSettings, dask_settings
 from duftd.cluster.launcher import DaemonSide, DaskLauncher, RunKeys
 from duftd.commands import Commands

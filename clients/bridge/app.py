@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -69,6 +68,7 @@ from clients.bridge.web_io import (
     whole_number,
 )
 from dte_tools import locate
+from dte_tools.addresses import hostname, is_loopback
 from dte_tools.wire import Op
 
 log = logging.getLogger("duft.bridge")
@@ -102,35 +102,19 @@ class AccessPolicy:
     """Which Host names and cross-site origins the bridge answers."""
 
     def __init__(self, bind_host: str, allowed_origins: Iterable[str] = ()) -> None:
-        self.check_host = _is_loopback(bind_host)
+        self.check_host = is_loopback(bind_host)
         self.hosts = LOOPBACK_NAMES | {bind_host.strip("[]").lower()}
         self.origins = {origin.rstrip("/") for origin in allowed_origins}
 
     def host_allowed(self, request: web.Request) -> bool:
-        return not self.check_host or _hostname(request.host) in self.hosts
+        return not self.check_host or hostname(request.host) in self.hosts
 
     def origin_allowed(self, request: web.Request, origin: str) -> bool:
         """Same origin, a loopback origin (any port), or one given with --allow-origin."""
         if origin == f"{request.scheme}://{request.host}" or origin in self.origins:
             return True
         scheme, _, netloc = origin.partition("://")
-        return scheme in ("http", "https") and _hostname(netloc) in LOOPBACK_NAMES
-
-
-def _hostname(netloc: str) -> str:
-    """``host`` of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``, lowercased."""
-    if netloc.startswith("["):
-        return netloc[1:].split("]", 1)[0].lower()
-    return (netloc.split(":", 1)[0] if netloc.count(":") == 1 else netloc).lower()
-
-
-def _is_loopback(host: str) -> bool:
-    if host.strip("[]").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        return scheme in ("http", "https") and hostname(netloc) in LOOPBACK_NAMES
 
 
 @web.middleware
@@ -465,12 +449,12 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not _is_loopback(args.host) and not args.allow_remote:
+    if not is_loopback(args.host) and not args.allow_remote:
         parser.error(
             f"--host {args.host} is not a loopback address; anyone who reaches it could try "
             "to log in. Add --allow-remote if that is intended."
         )
-    if not _is_loopback(args.host) and args.no_auth:
+    if not is_loopback(args.host) and args.no_auth:
         parser.error("--no-auth is for a single-user desktop: it needs a loopback --host")
     if args.ui is not None:
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from duftd.addresses import is_loopback
+from dte_tools.addresses import is_loopback
 from duftd.errors import ConfigError
 from duftd.runs.launchers import LAUNCHERS
 
