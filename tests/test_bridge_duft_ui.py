@@ -117,7 +117,7 @@ async def test_start_up_endpoints_answer_from_the_daemons_config(
         "user_authentication": False,
         "enforce_user_authentication": False,
         "task_scheduler": True,  # the fixture's user/config.json has scheduledDataTasks
-        "server_uploads": False,
+        "server_uploads": True,
         "log_level": "INFO",
     }
     assert config["currentUser"] is None and config["currentUserRoles"] == []

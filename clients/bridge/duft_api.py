@@ -71,7 +71,7 @@ async def get_current_config(request: web.Request) -> web.Response:
                 "user_authentication": users_on,
                 "enforce_user_authentication": users_on,
                 "task_scheduler": files.has_schedules(root),
-                "server_uploads": False,
+                "server_uploads": True,  # POST /api/v2/uploads (clients.bridge.uploads)
                 "log_level": "INFO",
             },
             **describe(who, users_on),
