@@ -15,8 +15,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from clients.bridge import upstream
-from clients.bridge.app import errors_middleware
+from clients.bridge import duft_api, upstream
+from clients.bridge.app import create_app, errors_middleware
+from clients.bridge.async_bus import AsyncBus
 from clients.bridge.auth import CREDENTIALS, Credentials
 from dte_tools.wire import Op
 from tests import test_bridge_api as shared
@@ -24,6 +25,7 @@ from tests.harness import (
     EMBEDDED_CONFIG,
     FIXTURES_DIR,
     DaemonProcess,
+    add_script_task,
     add_worker_task,
     open_gate,
     read_note,
@@ -322,6 +324,49 @@ async def test_log_gives_recent_runs_lines(
     bran = [i for i, line in enumerate(lines) if bran_line in line]
     assert max(arya) < min(bran)
     assert any(f"SAMPLE-ERROR (run {second}): failed: " in line for line in lines)
+
+
+class CountingBus(AsyncBus):
+    """The bridge's real bus, noting each events request it makes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.event_reads: list[dict[str, Any]] = []
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        if op == Op.EVENTS:
+            self.event_reads.append(args)
+        return await super().request(op, **args)
+
+
+# In process, aiohttp 3.14 warns that the bridge keys request storage with a string
+# (web.RequestKey needs aiohttp 3.14, newer than the pinned minimum).
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_log_reads_only_the_tail_of_a_long_run(
+    config_dir: Path,
+    daemon_factory: Callable[..., DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GET /api/v2/log of a run with 300 lines, at 20 lines shown: it ends with the run's
+    last lines and outcome, and reads only its last events (a few one-event probes, then
+    pages from near the end), not the whole run."""
+    add_script_task(config_dir, "LONG", "for n in range(300):\n    print(f'line {n}')\n")
+    daemon = daemon_factory(config_dir)
+    run_id = daemon.submit("LONG")["run"]["id"]
+    assert daemon.wait_final(run_id)["state"] == "succeeded"
+    last_seq = max(event["seq"] for event in daemon.events(run_id))
+    monkeypatch.setattr(duft_api, "LOG_LINES", 20)
+    bus = CountingBus(daemon.state_dir)
+    app = create_app(daemon.state_dir, auth=False, bus=bus)
+    async with TestClient(TestServer(app)) as client, client.get("/api/v2/log") as response:
+        assert response.status == 200
+        content = (await response.json())["content"]
+    assert len(content) == 20
+    assert content[-1].endswith(f"LONG (run {run_id}): succeeded")
+    assert content[-2].endswith(f"LONG (run {run_id}): line 299")
+    pages = [read for read in bus.event_reads if read.get("limit") != 1]
+    assert pages and all(read["after"] >= last_seq - 20 for read in pages), pages
+    assert len(bus.event_reads) <= 20, bus.event_reads
 
 
 # -- everything else: DUFT's server ------------------------------------------------------
