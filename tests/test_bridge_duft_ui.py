@@ -30,7 +30,7 @@ from tests.harness import (
     open_gate,
     read_note,
 )
-from tests.test_bridge_api import BridgeProcess, sse, until, wait_final
+from tests.test_bridge_api import BridgeProcess, get_json, post_json, sse, until, wait_final
 
 bridge_factory = shared.bridge_factory  # the fixture, shared with the API tests
 
@@ -79,16 +79,6 @@ async def http(served: tuple[DaemonProcess, BridgeProcess]) -> AsyncIterator[aio
         yield session
 
 
-async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    async with http.get(url) as response:
-        return response.status, await response.json()
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
-    async with http.post(url, json=body) as response:
-        return response.status, await response.json()
-
-
 def assert_duft_error(answer: tuple[int, Any], status: int, code: str) -> str:
     """An error in DUFT's shape (top-level ``message``, our ``code``); returns the message."""
     got, body = answer
@@ -112,7 +102,7 @@ async def test_start_up_endpoints_answer_from_the_daemons_config(
     UI reads, from the files of the folder duftd runs (system, user, root and app files)."""
     _, bridge = served
     api = f"{bridge.url}/api/v2"
-    status, config = await get(http, f"{api}/get-current-config")
+    status, config = await get_json(http, f"{api}/get-current-config")
     assert status == 200
     assert config["features"] == {
         "data_tasks": True,
@@ -130,11 +120,11 @@ async def test_start_up_endpoints_answer_from_the_daemons_config(
     assert config["version"] and config["serverBaseURL"] == f"{api}"
     assert config["directories"]["config"] == str(site)
 
-    assert await get(http, f"{api}/settings") == (
+    assert await get_json(http, f"{api}/settings") == (
         200,
         {"oobe": True, "debug": True, "unittest": False},
     )
-    status, navigation = await get(http, f"{api}/navigation")
+    status, navigation = await get_json(http, f"{api}/navigation")
     assert status == 200
     assert navigation == {
         "system": fixture_json("system", "navigation.json"),
@@ -142,14 +132,14 @@ async def test_start_up_endpoints_answer_from_the_daemons_config(
     }
     items = navigation["system"]["dataTasks"]["items"]
     assert {"title", "icon", "task", "dashboard", "prompt"} <= set(items[0])
-    status, app_navigation = await get(http, f"{api}/navigation?app=test")
+    status, app_navigation = await get_json(http, f"{api}/navigation?app=test")
     assert app_navigation["system"] == fixture_json("apps", "test", "navigation.json")
-    assert await get(http, f"{api}/theme") == (200, fixture_json("system", "theme.json"))
-    assert await get(http, f"{api}/3dldashboard/home") == (200, DASHBOARD)
+    assert await get_json(http, f"{api}/theme") == (200, fixture_json("system", "theme.json"))
+    assert await get_json(http, f"{api}/3dldashboard/home") == (200, DASHBOARD)
     assert "dashboards/none.3dl" in assert_duft_error(
-        await get(http, f"{api}/3dldashboard/none"), 404, "unknown_dashboard"
+        await get_json(http, f"{api}/3dldashboard/none"), 404, "unknown_dashboard"
     )
-    assert_duft_error(await get(http, f"{api}/navigation?app=../system"), 400, "bad_request")
+    assert_duft_error(await get_json(http, f"{api}/navigation?app=../system"), 400, "bad_request")
 
 
 async def test_start_up_files_are_reread_and_missing_ones_give_defaults(
@@ -160,17 +150,17 @@ async def test_start_up_files_are_reread_and_missing_ones_give_defaults(
     _, bridge = served
     api = f"{bridge.url}/api/v2"
     (site / "system" / "theme.json").write_text('{"themes": [{"name": "edited"}]}')
-    assert await get(http, f"{api}/theme") == (200, {"themes": [{"name": "edited"}]})
+    assert await get_json(http, f"{api}/theme") == (200, {"themes": [{"name": "edited"}]})
     for name in ("navigation.json", "theme.json", "settings.json"):
         (site / "system" / name).unlink()
     (site / "settings.json").unlink()
     (site / "user" / "navigation.json").write_text("{not json")
 
-    status, config = await get(http, f"{api}/get-current-config")
+    status, config = await get_json(http, f"{api}/get-current-config")
     assert status == 200 and config["settings"]["appName"] == "DUFT"
-    status, theme = await get(http, f"{api}/theme")
+    status, theme = await get_json(http, f"{api}/theme")
     assert status == 200 and theme["themes"][0]["name"] == "default"
-    status, navigation = await get(http, f"{api}/navigation")
+    status, navigation = await get_json(http, f"{api}/navigation")
     assert status == 200 and navigation["user"] == {}
     listed = {item["task"] for item in navigation["system"]["dataTasks"]["items"]}
     assert "GATED" in listed and "UPLOAD" not in listed  # runnable tasks only
@@ -187,7 +177,7 @@ async def test_run_data_task_at_duft_paths_with_duft_shaped_errors(
     gets a message naming why; dte-status answers at its DUFT path."""
     _, bridge = served
     api = f"{bridge.url}/api/v2"
-    status, body = await post(
+    status, body = await post_json(
         http, f"{api}/run-data-task", {"data_task_id": "SAMPLE", "parameters": {"name": "Arya"}}
     )
     assert status == 202 and "Script started successfully" in body["message"]
@@ -195,7 +185,7 @@ async def test_run_data_task_at_duft_paths_with_duft_shaped_errors(
     assert run["state"] == "succeeded" and run["params"]["name"] == "Arya"
 
     message = assert_duft_error(
-        await post(http, f"{api}/run-data-task", {"data_task_id": "UPLOAD"}),
+        await post_json(http, f"{api}/run-data-task", {"data_task_id": "UPLOAD"}),
         409,
         "task_not_runnable",
     )
@@ -204,10 +194,12 @@ async def test_run_data_task_at_duft_paths_with_duft_shaped_errors(
     navigation["dataTasks"]["items"].append({"title": "Ghost", "task": "GHOST"})
     (site / "system" / "navigation.json").write_text(json.dumps(navigation))
     message = assert_duft_error(
-        await post(http, f"{api}/run-data-task", {"data_task_id": "GHOST"}), 404, "unknown_task"
+        await post_json(http, f"{api}/run-data-task", {"data_task_id": "GHOST"}),
+        404,
+        "unknown_task",
     )
     assert "navigation.json" in message
-    assert await get(http, f"{api}/dte-status") == (
+    assert await get_json(http, f"{api}/dte-status") == (
         200,
         {"is_running": False, "current_script": None},
     )
@@ -259,18 +251,18 @@ async def test_settings_screen_lists_masks_and_saves_connection_values(
     bad values get DUFT-shaped errors naming the field."""
     _, bridge = served
     api = f"{bridge.url}/api/v2/data-connections"
-    status, connections = await get(http, api)
+    status, connections = await get_json(http, api)
     assert status == 200
     epms = next(c for c in connections if c["id"] == "EPMS")
     assert {"name": "password", "type": "password", "label": "Password"} in epms["params"]
-    status, values = await get(http, f"{api}/ANA/parameters")
+    status, values = await get_json(http, f"{api}/ANA/parameters")
     assert status == 200 and values["password"] == "********"
     assert values["server"] == "127.0.0.1" and "mysecretword" not in json.dumps(values)
 
     user_file = site / "user" / "config.json"
     user_file.chmod(0o600)
     before = json.loads(user_file.read_text())
-    status, saved = await post(
+    status, saved = await post_json(
         http,
         f"{api}/ANA/parameters",
         {"server": "db.example", "port": 5433, "password": "********"},
@@ -289,13 +281,13 @@ async def test_settings_screen_lists_masks_and_saves_connection_values(
     assert not [p for p in user_file.parent.iterdir() if p.name.endswith(".tmp")]
 
     assert "port" in assert_duft_error(
-        await post(http, f"{api}/ANA/parameters", {"port": "fifty"}), 422, "bad_parameter"
+        await post_json(http, f"{api}/ANA/parameters", {"port": "fifty"}), 422, "bad_parameter"
     )
     assert "colour" in assert_duft_error(
-        await post(http, f"{api}/ANA/parameters", {"colour": "red"}), 422, "bad_parameter"
+        await post_json(http, f"{api}/ANA/parameters", {"colour": "red"}), 422, "bad_parameter"
     )
     assert "NOPE" in assert_duft_error(
-        await post(http, f"{api}/NOPE/parameters", {"server": "x"}), 404, "unknown_connection"
+        await post_json(http, f"{api}/NOPE/parameters", {"server": "x"}), 404, "unknown_connection"
     )
     assert json.loads(user_file.read_text()) == after
 
@@ -314,7 +306,7 @@ async def test_log_gives_recent_runs_lines(
     bran_line = f"SAMPLE-ERROR (run {second}): Bran"
 
     async def both_runs_logged() -> list[str] | None:
-        status, body = await get(http, f"{bridge.url}/api/v2/log")
+        status, body = await get_json(http, f"{bridge.url}/api/v2/log")
         assert status == 200 and set(body) == {"content"}
         text = "\n".join(body["content"])
         return body["content"] if arya_line in text and bran_line in text else None
@@ -423,7 +415,9 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
     body; its answer streamed back) without the bridge's credentials; without it, 501."""
     daemon, plain = served
     message = assert_duft_error(
-        await post(http, f"{plain.url}/api/v2/run-query", {"query": "SELECT 1"}), 501, "not_served"
+        await post_json(http, f"{plain.url}/api/v2/run-query", {"query": "SELECT 1"}),
+        501,
+        "not_served",
     )
     assert "does not serve queries" in message
     async with FakeDuftServer() as duft:
@@ -512,9 +506,9 @@ async def test_embedded_config_gives_duft_ui_a_sidebar_of_runnable_tasks(
     tasks all exist and can run."""
     bridge = bridge_factory(daemon.state_dir)
     async with bridge.session() as client:
-        _, config = await get(client, f"{bridge.url}/api/v2/get-current-config")
-        _, navigation = await get(client, f"{bridge.url}/api/v2/navigation")
-        _, theme = await get(client, f"{bridge.url}/api/v2/theme")
+        _, config = await get_json(client, f"{bridge.url}/api/v2/get-current-config")
+        _, navigation = await get_json(client, f"{bridge.url}/api/v2/navigation")
+        _, theme = await get_json(client, f"{bridge.url}/api/v2/theme")
     assert config["settings"]["appName"] == "DUFT"
     assert theme["themes"][0]["name"] == "default"
     listed = [item["task"] for item in navigation["system"]["dataTasks"]["items"]]
