@@ -76,7 +76,8 @@ async def receive_upload(request: web.Request) -> web.Response:
         raise HttpError(400, "bad_request", f"file name {file_part.filename!r} is not allowed")
     data_dir = await _data_dir(request)
     folder = data_dir / "uploads" / kind
-    for level in (data_dir, folder.parent, folder):
+    data_dir.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
+    for level in (folder.parent, folder):
         level.mkdir(mode=PRIVATE_FOLDER, exist_ok=True)
     target, handle = _new_file(folder, name)
     size = 0
