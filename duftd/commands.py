@@ -106,7 +106,7 @@ class Commands:
 
     @operation(Op.HEALTH)
     async def health(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
-        """-> {version, protocol, pid, uptime_s, config, runs: {state: n}, active, queued,
+        """-> {version, protocol, pid, uptime_s, config, data_dir, runs: {state: n}, active, queued,
         dropped: {reason: n}, storage_full: bool, launcher, ...}; ``storage_full`` while the
         state folder's disk is full (events are held, submits refused, until space returns);
         with ``launcher: dask`` also ``scheduler``, ``connected``, ``workers``, ``error``."""
@@ -117,6 +117,7 @@ class Commands:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started_at, 3),
             "config": str(manager.config.root),
+            "data_dir": str(manager.places.data_dir),
             "runs": await self._store.counts_by_state(),
             "active": manager.active,
             "queued": manager.queued,

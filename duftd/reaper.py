@@ -62,7 +62,8 @@ def kill_descendants() -> None:
 def exit_like(code: int) -> None:
     """Exit with the worker's status: its exit code, or death by the same signal."""
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # their handlers cannot be set
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code if code >= 0 else 128 - code)
 

@@ -82,7 +82,8 @@ async def start_worker(
         pass_fds=pass_fds,
         start_new_session=True,
     )
-    # Python has not run a line of the task yet, so nothing it starts can be outside.
+    # The worker may be importing already, but it runs no task code before its job arrives
+    # on stdin, which is written only after this adopt: all the task starts is inside.
     if _cgroups is not None and ENV_WORKER_ID in env:
         _cgroups.adopt(env[ENV_WORKER_ID], process.pid)
     if _reaper:

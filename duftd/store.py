@@ -347,9 +347,10 @@ class Store:
                     (task_id, *ACTIVE_STATES, keep_per_task),
                 ) as cursor:
                     doomed.update(row[0] for row in await cursor.fetchall())
-            self._retention_from_id = next_from_id
         pruned = sorted(doomed)
         await self._delete_runs(pruned, write or _at_once)
+        if keep_per_task is not None:  # only now: a failed delete is looked for again
+            self._retention_from_id = next_from_id
         return pruned
 
     async def _delete_runs(self, run_ids: Sequence[int], write: Writer) -> None:

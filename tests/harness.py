@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from clients.bus import BusClient, ConnectionInfo
@@ -26,6 +29,27 @@ EMBEDDED_CONFIG = REPO / "duft-config"
 # reports resolved paths).
 FIXTURES_DIR = (REPO.parent / "shared" / "fixtures" / "duft-config-public").resolve()
 START_TIMEOUT_S = 20.0
+
+
+@contextlib.contextmanager
+def second_user(prefix: str) -> Iterator[pwd.struct_passwd]:
+    """A fresh system user with no home or shell, for access tests; removed afterwards.
+    Skips the test (saying why) where this process may not create users."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a second unix user needs root")
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"useradd refused to create a second user: {made.stderr.strip()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
 
 
 def environment_without_duft(**extra: str) -> dict[str, str]:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import stat
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clients.bridge import accounts
 from clients.bridge.auth import MAX_FAILURES
 from dte_tools.wire import Op
 from tests import test_bridge_api as shared
-from tests.harness import DaemonProcess, environment_without_duft
+from tests.harness import DaemonProcess, environment_without_duft, second_user
 from tests.test_bridge_api import BridgeProcess
 
 bridge_factory = shared.bridge_factory
@@ -123,21 +122,8 @@ print(json.dumps(codes))
 @pytest.fixture
 def stranger_uid() -> Iterator[int]:
     """A fresh system user (removed at the end)."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a second unix user needs root")
-    name = f"duftb{uuid.uuid4().hex[:8]}"
-    made = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"useradd refused to create a second user: {made.stderr.strip()}")
-    try:
-        yield pwd.getpwnam(name).pw_uid
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+    with second_user("duftb") as user:
+        yield user.pw_uid
 
 
 def test_another_local_user_gets_401_from_every_route(
@@ -185,16 +171,24 @@ async def test_the_printed_url_logs_a_browser_in_with_a_strict_http_only_cookie(
         assert status == 401
 
 
-async def test_wrong_tokens_are_rate_limited(bridge: BridgeProcess) -> None:
-    """After MAX_FAILURES wrong tokens from one address, even the right token gets 429 for a
-    while: guessing is slowed to a few tries a minute."""
+async def test_wrong_tokens_are_rate_limited_but_the_right_one_still_works(
+    bridge: BridgeProcess,
+) -> None:
+    """After MAX_FAILURES wrong tokens from one address, more wrong ones get 429 for a while
+    (guessing is slowed to a few tries a minute), yet the right token, in a header or the
+    URL, still works: every local user shares 127.0.0.1 and must not lock the owner out."""
     async with aiohttp.ClientSession() as guesser:
         url = f"{bridge.url}/api/runs"
         for attempt in range(MAX_FAILURES):
             status, _ = await call(guesser, "GET", url, Authorization=f"token guess-{attempt}")
             assert status == 401
-        status, body = await call(guesser, "GET", url, Authorization=f"token {bridge.token}")
-    assert status == 429 and "try again" in body["error"]["message"]
+        status, body = await call(guesser, "GET", url, Authorization="token one-more")
+        assert status == 429 and "try again" in body["error"]["message"]
+        status, _ = await call(guesser, "GET", url, Authorization=f"token {bridge.token}")
+        assert status == 200
+        login = f"{bridge.url}/?token={bridge.token}"
+        async with guesser.get(login, allow_redirects=False) as response:
+            assert response.status == 302
 
 
 async def test_no_auth_says_so_loudly_and_lets_everyone_in(
@@ -220,8 +214,10 @@ async def test_user_logins_permissions_refresh_and_rate_limit(
 ) -> None:
     """With accounts made by `duft users add`, DUFT's UI logs in at /api/v2/token/: the user and
     permissions show in get-current-config; a user without run_data_task cannot start a run;
-    refresh gives a working token; a wrong password is refused and, repeated, rate limited; a
-    removed user is refused at once. The accounts file is 0600 and holds no clear password."""
+    refresh gives a working access token only; a wrong password is refused and, repeated,
+    rate limited for that name alone; a removed user, or one whose password changed, is
+    refused at once, and the refused refresh clears the cookie. The accounts file is 0600
+    and holds no clear password."""
     state = daemon.state_dir
     added = duft(
         "users",
@@ -269,6 +265,7 @@ async def test_user_logins_permissions_refresh_and_rate_limit(
         )
         assert status == 200 and set(pair) == {"access", "refresh"}
         bob = {"Authorization": f"Bearer {pair['access']}"}
+        bob_refresh = pair["refresh"]
         status, config = await call(ui, "GET", f"{api}/get-current-config", **bob)
         assert config["currentUser"]["username"] == "bob"
         assert config["currentUserPermissions"] == ["change_settings"]
@@ -285,6 +282,7 @@ async def test_user_logins_permissions_refresh_and_rate_limit(
             ui, "POST", f"{api}/token/refresh/", {"refresh": pair["refresh"]}
         )
         assert status == 200 and refreshed["access"] != pair["access"]
+        assert set(refreshed) == {"access"}  # the refresh token is not renewed: sessions end
         status, _ = await call(
             ui, "GET", f"{api}/dte-status", Authorization=f"Bearer {refreshed['access']}"
         )
@@ -305,15 +303,31 @@ async def test_user_logins_permissions_refresh_and_rate_limit(
         status, _ = await call(ui, "GET", f"{api}/dte-status", **alice)
         assert status == 401
 
+        changed = duft(
+            "users", "add", "bob", "--password-stdin", state_dir=state, stdin="bob-new-secret\n"
+        )
+        assert changed.returncode == 0, changed.stderr
+        status, _ = await call(ui, "GET", f"{api}/dte-status", **bob)
+        assert status == 401
+        async with ui.post(f"{api}/token/refresh/", json={"refresh": bob_refresh}) as response:
+            assert response.status == 401
+            cleared = response.headers["Set-Cookie"]
+            assert cleared.startswith("duft-bridge") and '=""' in cleared and "Max-Age=0" in cleared
+
         for _ in range(MAX_FAILURES):
             status, body = await call(
                 ui, "POST", f"{api}/token/", {"username": "bob", "password": "wrong-password"}
             )
             assert status == 401 and body["code"] == "unauthorized"
         status, body = await call(
-            ui, "POST", f"{api}/token/", {"username": "bob", "password": PASSWORDS["bob"]}
+            ui, "POST", f"{api}/token/", {"username": "bob", "password": "bob-new-secret"}
         )
         assert status == 429 and body["code"] == "too_many_attempts"
+        accounts.add_account(state, "carol", "carol-secret-3", set())
+        status, pair = await call(
+            ui, "POST", f"{api}/token/", {"username": "carol", "password": "carol-secret-3"}
+        )
+        assert status == 200, pair  # guesses at bob's name lock out no other account
 
 
 def test_users_command_refuses_bad_accounts_and_keeps_passwords_off_the_command_line(

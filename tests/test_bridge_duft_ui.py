@@ -13,18 +13,24 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from clients.bridge import duft_api, upstream
+from clients.bridge.app import create_app, errors_middleware
+from clients.bridge.async_bus import AsyncBus
+from clients.bridge.auth import CREDENTIALS, Credentials
 from dte_tools.wire import Op
 from tests import test_bridge_api as shared
 from tests.harness import (
     EMBEDDED_CONFIG,
     FIXTURES_DIR,
     DaemonProcess,
+    add_script_task,
     add_worker_task,
     open_gate,
     read_note,
 )
-from tests.test_bridge_api import BridgeProcess, sse, until, wait_final
+from tests.test_bridge_api import BridgeProcess, get_json, post_json, sse, until, wait_final
 
 bridge_factory = shared.bridge_factory  # the fixture, shared with the API tests
 
@@ -73,16 +79,6 @@ async def http(served: tuple[DaemonProcess, BridgeProcess]) -> AsyncIterator[aio
         yield session
 
 
-async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    async with http.get(url) as response:
-        return response.status, await response.json()
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
-    async with http.post(url, json=body) as response:
-        return response.status, await response.json()
-
-
 def assert_duft_error(answer: tuple[int, Any], status: int, code: str) -> str:
     """An error in DUFT's shape (top-level ``message``, our ``code``); returns the message."""
     got, body = answer
@@ -106,14 +102,14 @@ async def test_start_up_endpoints_answer_from_the_daemons_config(
     UI reads, from the files of the folder duftd runs (system, user, root and app files)."""
     _, bridge = served
     api = f"{bridge.url}/api/v2"
-    status, config = await get(http, f"{api}/get-current-config")
+    status, config = await get_json(http, f"{api}/get-current-config")
     assert status == 200
     assert config["features"] == {
         "data_tasks": True,
         "user_authentication": False,
         "enforce_user_authentication": False,
         "task_scheduler": True,  # the fixture's user/config.json has scheduledDataTasks
-        "server_uploads": False,
+        "server_uploads": True,
         "log_level": "INFO",
     }
     assert config["currentUser"] is None and config["currentUserRoles"] == []
@@ -124,11 +120,11 @@ async def test_start_up_endpoints_answer_from_the_daemons_config(
     assert config["version"] and config["serverBaseURL"] == f"{api}"
     assert config["directories"]["config"] == str(site)
 
-    assert await get(http, f"{api}/settings") == (
+    assert await get_json(http, f"{api}/settings") == (
         200,
         {"oobe": True, "debug": True, "unittest": False},
     )
-    status, navigation = await get(http, f"{api}/navigation")
+    status, navigation = await get_json(http, f"{api}/navigation")
     assert status == 200
     assert navigation == {
         "system": fixture_json("system", "navigation.json"),
@@ -136,14 +132,14 @@ async def test_start_up_endpoints_answer_from_the_daemons_config(
     }
     items = navigation["system"]["dataTasks"]["items"]
     assert {"title", "icon", "task", "dashboard", "prompt"} <= set(items[0])
-    status, app_navigation = await get(http, f"{api}/navigation?app=test")
+    status, app_navigation = await get_json(http, f"{api}/navigation?app=test")
     assert app_navigation["system"] == fixture_json("apps", "test", "navigation.json")
-    assert await get(http, f"{api}/theme") == (200, fixture_json("system", "theme.json"))
-    assert await get(http, f"{api}/3dldashboard/home") == (200, DASHBOARD)
+    assert await get_json(http, f"{api}/theme") == (200, fixture_json("system", "theme.json"))
+    assert await get_json(http, f"{api}/3dldashboard/home") == (200, DASHBOARD)
     assert "dashboards/none.3dl" in assert_duft_error(
-        await get(http, f"{api}/3dldashboard/none"), 404, "unknown_dashboard"
+        await get_json(http, f"{api}/3dldashboard/none"), 404, "unknown_dashboard"
     )
-    assert_duft_error(await get(http, f"{api}/navigation?app=../system"), 400, "bad_request")
+    assert_duft_error(await get_json(http, f"{api}/navigation?app=../system"), 400, "bad_request")
 
 
 async def test_start_up_files_are_reread_and_missing_ones_give_defaults(
@@ -154,17 +150,17 @@ async def test_start_up_files_are_reread_and_missing_ones_give_defaults(
     _, bridge = served
     api = f"{bridge.url}/api/v2"
     (site / "system" / "theme.json").write_text('{"themes": [{"name": "edited"}]}')
-    assert await get(http, f"{api}/theme") == (200, {"themes": [{"name": "edited"}]})
+    assert await get_json(http, f"{api}/theme") == (200, {"themes": [{"name": "edited"}]})
     for name in ("navigation.json", "theme.json", "settings.json"):
         (site / "system" / name).unlink()
     (site / "settings.json").unlink()
     (site / "user" / "navigation.json").write_text("{not json")
 
-    status, config = await get(http, f"{api}/get-current-config")
+    status, config = await get_json(http, f"{api}/get-current-config")
     assert status == 200 and config["settings"]["appName"] == "DUFT"
-    status, theme = await get(http, f"{api}/theme")
+    status, theme = await get_json(http, f"{api}/theme")
     assert status == 200 and theme["themes"][0]["name"] == "default"
-    status, navigation = await get(http, f"{api}/navigation")
+    status, navigation = await get_json(http, f"{api}/navigation")
     assert status == 200 and navigation["user"] == {}
     listed = {item["task"] for item in navigation["system"]["dataTasks"]["items"]}
     assert "GATED" in listed and "UPLOAD" not in listed  # runnable tasks only
@@ -181,7 +177,7 @@ async def test_run_data_task_at_duft_paths_with_duft_shaped_errors(
     gets a message naming why; dte-status answers at its DUFT path."""
     _, bridge = served
     api = f"{bridge.url}/api/v2"
-    status, body = await post(
+    status, body = await post_json(
         http, f"{api}/run-data-task", {"data_task_id": "SAMPLE", "parameters": {"name": "Arya"}}
     )
     assert status == 202 and "Script started successfully" in body["message"]
@@ -189,7 +185,7 @@ async def test_run_data_task_at_duft_paths_with_duft_shaped_errors(
     assert run["state"] == "succeeded" and run["params"]["name"] == "Arya"
 
     message = assert_duft_error(
-        await post(http, f"{api}/run-data-task", {"data_task_id": "UPLOAD"}),
+        await post_json(http, f"{api}/run-data-task", {"data_task_id": "UPLOAD"}),
         409,
         "task_not_runnable",
     )
@@ -198,10 +194,12 @@ async def test_run_data_task_at_duft_paths_with_duft_shaped_errors(
     navigation["dataTasks"]["items"].append({"title": "Ghost", "task": "GHOST"})
     (site / "system" / "navigation.json").write_text(json.dumps(navigation))
     message = assert_duft_error(
-        await post(http, f"{api}/run-data-task", {"data_task_id": "GHOST"}), 404, "unknown_task"
+        await post_json(http, f"{api}/run-data-task", {"data_task_id": "GHOST"}),
+        404,
+        "unknown_task",
     )
     assert "navigation.json" in message
-    assert await get(http, f"{api}/dte-status") == (
+    assert await get_json(http, f"{api}/dte-status") == (
         200,
         {"is_running": False, "current_script": None},
     )
@@ -253,18 +251,18 @@ async def test_settings_screen_lists_masks_and_saves_connection_values(
     bad values get DUFT-shaped errors naming the field."""
     _, bridge = served
     api = f"{bridge.url}/api/v2/data-connections"
-    status, connections = await get(http, api)
+    status, connections = await get_json(http, api)
     assert status == 200
     epms = next(c for c in connections if c["id"] == "EPMS")
     assert {"name": "password", "type": "password", "label": "Password"} in epms["params"]
-    status, values = await get(http, f"{api}/ANA/parameters")
+    status, values = await get_json(http, f"{api}/ANA/parameters")
     assert status == 200 and values["password"] == "********"
     assert values["server"] == "127.0.0.1" and "mysecretword" not in json.dumps(values)
 
     user_file = site / "user" / "config.json"
     user_file.chmod(0o600)
     before = json.loads(user_file.read_text())
-    status, saved = await post(
+    status, saved = await post_json(
         http,
         f"{api}/ANA/parameters",
         {"server": "db.example", "port": 5433, "password": "********"},
@@ -283,13 +281,13 @@ async def test_settings_screen_lists_masks_and_saves_connection_values(
     assert not [p for p in user_file.parent.iterdir() if p.name.endswith(".tmp")]
 
     assert "port" in assert_duft_error(
-        await post(http, f"{api}/ANA/parameters", {"port": "fifty"}), 422, "bad_parameter"
+        await post_json(http, f"{api}/ANA/parameters", {"port": "fifty"}), 422, "bad_parameter"
     )
     assert "colour" in assert_duft_error(
-        await post(http, f"{api}/ANA/parameters", {"colour": "red"}), 422, "bad_parameter"
+        await post_json(http, f"{api}/ANA/parameters", {"colour": "red"}), 422, "bad_parameter"
     )
     assert "NOPE" in assert_duft_error(
-        await post(http, f"{api}/NOPE/parameters", {"server": "x"}), 404, "unknown_connection"
+        await post_json(http, f"{api}/NOPE/parameters", {"server": "x"}), 404, "unknown_connection"
     )
     assert json.loads(user_file.read_text()) == after
 
@@ -308,7 +306,7 @@ async def test_log_gives_recent_runs_lines(
     bran_line = f"SAMPLE-ERROR (run {second}): Bran"
 
     async def both_runs_logged() -> list[str] | None:
-        status, body = await get(http, f"{bridge.url}/api/v2/log")
+        status, body = await get_json(http, f"{bridge.url}/api/v2/log")
         assert status == 200 and set(body) == {"content"}
         text = "\n".join(body["content"])
         return body["content"] if arya_line in text and bran_line in text else None
@@ -318,6 +316,49 @@ async def test_log_gives_recent_runs_lines(
     bran = [i for i, line in enumerate(lines) if bran_line in line]
     assert max(arya) < min(bran)
     assert any(f"SAMPLE-ERROR (run {second}): failed: " in line for line in lines)
+
+
+class CountingBus(AsyncBus):
+    """The bridge's real bus, noting each events request it makes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.event_reads: list[dict[str, Any]] = []
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        if op == Op.EVENTS:
+            self.event_reads.append(args)
+        return await super().request(op, **args)
+
+
+# In process, aiohttp 3.14 warns that the bridge keys request storage with a string
+# (web.RequestKey needs aiohttp 3.14, newer than the pinned minimum).
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_log_reads_only_the_tail_of_a_long_run(
+    config_dir: Path,
+    daemon_factory: Callable[..., DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GET /api/v2/log of a run with 300 lines, at 20 lines shown: it ends with the run's
+    last lines and outcome, and reads only its last events (a few one-event probes, then
+    pages from near the end), not the whole run."""
+    add_script_task(config_dir, "LONG", "for n in range(300):\n    print(f'line {n}')\n")
+    daemon = daemon_factory(config_dir)
+    run_id = daemon.submit("LONG")["run"]["id"]
+    assert daemon.wait_final(run_id)["state"] == "succeeded"
+    last_seq = max(event["seq"] for event in daemon.events(run_id))
+    monkeypatch.setattr(duft_api, "LOG_LINES", 20)
+    bus = CountingBus(daemon.state_dir)
+    app = create_app(daemon.state_dir, auth=False, bus=bus)
+    async with TestClient(TestServer(app)) as client, client.get("/api/v2/log") as response:
+        assert response.status == 200
+        content = (await response.json())["content"]
+    assert len(content) == 20
+    assert content[-1].endswith(f"LONG (run {run_id}): succeeded")
+    assert content[-2].endswith(f"LONG (run {run_id}): line 299")
+    pages = [read for read in bus.event_reads if read.get("limit") != 1]
+    assert pages and all(read["after"] >= last_seq - 20 for read in pages), pages
+    assert len(bus.event_reads) <= 20, bus.event_reads
 
 
 # -- everything else: DUFT's server ------------------------------------------------------
@@ -374,7 +415,9 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
     body; its answer streamed back) without the bridge's credentials; without it, 501."""
     daemon, plain = served
     message = assert_duft_error(
-        await post(http, f"{plain.url}/api/v2/run-query", {"query": "SELECT 1"}), 501, "not_served"
+        await post_json(http, f"{plain.url}/api/v2/run-query", {"query": "SELECT 1"}),
+        501,
+        "not_served",
     )
     assert "does not serve queries" in message
     async with FakeDuftServer() as duft:
@@ -391,11 +434,18 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
                 assert response.status == 200
             async with client.get(f"{bridge.url}/api/v2/navigation") as response:
                 assert response.status == 200  # served by the bridge, not forwarded
-        async with (
-            aiohttp.ClientSession() as stranger,
-            stranger.post(f"{bridge.url}/api/v2/run-query", json={}) as response,
-        ):
-            assert response.status == 401  # forwarding needs a credential too
+        async with aiohttp.ClientSession() as stranger:
+            # Forwarding needs a credential too, also on public or self-checking paths
+            # asked with another method than theirs.
+            for method, path in (
+                ("POST", "/api/v2/run-query"),
+                ("GET", "/api/v2/uploads"),
+                ("PUT", "/api/v2/token/"),
+                ("GET", "/api/v2/token/refresh"),
+                ("DELETE", "/api/v2/get-current-config"),
+            ):
+                async with stranger.request(method, f"{bridge.url}{path}", json={}) as response:
+                    assert response.status == 401, (method, path)
     assert [(s["method"], s["path"]) for s in duft.seen] == [
         ("POST", "/api/v2/run-query?page=2"),
         ("GET", "/api/v2/query-data/home"),
@@ -406,6 +456,23 @@ async def test_other_api_v2_paths_go_upstream_or_answer_501(
         names = {name.lower() for name in seen["headers"]}
         assert "authorization" not in names and "cookie" not in names
         assert bridge.token not in json.dumps(seen["headers"])
+
+
+async def test_forwarder_refuses_a_request_without_identity_when_auth_is_on(
+    tmp_path: Path,
+) -> None:
+    """Defence in depth: the upstream forwarder alone (no auth middleware in front) answers
+    401 to a request with no identity while logins are on, and forwards nothing."""
+    async with FakeDuftServer() as duft:
+        app = web.Application(middlewares=[errors_middleware])
+        app[CREDENTIALS] = Credentials(tmp_path, enabled=True)
+        upstream.add_routes(app, duft.url)
+        async with (
+            TestClient(TestServer(app)) as client,
+            client.get("/api/v2/query-data/home") as response,
+        ):
+            assert response.status == 401
+    assert duft.seen == []
 
 
 # -- a built UI at / -----------------------------------------------------------------------
@@ -439,9 +506,9 @@ async def test_embedded_config_gives_duft_ui_a_sidebar_of_runnable_tasks(
     tasks all exist and can run."""
     bridge = bridge_factory(daemon.state_dir)
     async with bridge.session() as client:
-        _, config = await get(client, f"{bridge.url}/api/v2/get-current-config")
-        _, navigation = await get(client, f"{bridge.url}/api/v2/navigation")
-        _, theme = await get(client, f"{bridge.url}/api/v2/theme")
+        _, config = await get_json(client, f"{bridge.url}/api/v2/get-current-config")
+        _, navigation = await get_json(client, f"{bridge.url}/api/v2/navigation")
+        _, theme = await get_json(client, f"{bridge.url}/api/v2/theme")
     assert config["settings"]["appName"] == "DUFT"
     assert theme["themes"][0]["name"] == "default"
     listed = [item["task"] for item in navigation["system"]["dataTasks"]["items"]]

@@ -4,7 +4,8 @@ folder by kind, never overwritten, refused without the right credentials or past
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from clients.bridge.app import create_app
 from dte_tools import post_file_to_duft_server
 from dte_tools.upload import UploadError
 from tests import test_bridge_api
-from tests.harness import environment_without_duft
+from tests.harness import DaemonProcess
 
 PASSWORD = "correct horse battery"
 
@@ -27,13 +28,15 @@ def add_uploader(state_dir: Path) -> None:
 
 
 @pytest.fixture
-def bridge_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A duft-bridge process with one uploader account and its own data folder."""
-    state_dir = tmp_path / "state"
-    add_uploader(state_dir)
-    env = environment_without_duft(DUFT_DATA_DIR=str(tmp_path / "data"))
-    monkeypatch.setattr(test_bridge_api, "environment_without_duft", lambda: env)
-    bridge = test_bridge_api.BridgeProcess(state_dir, tmp_path / "bridge.log", []).start()
+def bridge_url(
+    tmp_path: Path, config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> Iterator[str]:
+    """A duftd whose data folder is ``tmp_path/data`` and a duft-bridge process (whose own
+    environment names no data folder) with one uploader account."""
+    daemon = daemon_factory(config_dir)
+    assert daemon.data_dir == tmp_path / "data"
+    add_uploader(daemon.state_dir)
+    bridge = test_bridge_api.BridgeProcess(daemon.state_dir, tmp_path / "bridge.log", []).start()
     yield bridge.url
     assert bridge.stop() == 0, bridge.log_text()
 
@@ -41,7 +44,8 @@ def bridge_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 def test_posted_files_land_in_the_data_folder_and_are_never_overwritten(
     bridge_url: str, tmp_path: Path
 ) -> None:
-    """Two posts of one file name are both kept, under data/uploads/<kind>/."""
+    """Two posts of one file name are both kept, under the daemon's data/uploads/<kind>/,
+    owner-only (files 0600 in 0700 folders)."""
     report = tmp_path / "monthly.csv"
     report.write_text("facility,visits\nnorth,3\n")
     first = post_file_to_duft_server(bridge_url, "facility-7", PASSWORD, report, "reports")
@@ -55,6 +59,10 @@ def test_posted_files_land_in_the_data_folder_and_are_never_overwritten(
     assert (data / first["path"]).read_text() == "facility,visits\nnorth,3\n"
     assert (data / second["path"]).read_text() == "facility,visits\nnorth,4\n"
     assert second["bytes"] == report.stat().st_size and second["user"] == "facility-7"
+    for folder in (data / "uploads", data / "uploads" / "reports"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for path in (first["path"], second["path"]):
+        assert stat.S_IMODE((data / path).stat().st_mode) == 0o600, path
 
 
 def test_a_wrong_password_gets_a_clear_error(bridge_url: str, tmp_path: Path) -> None:

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import pwd
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,20 +21,31 @@ import zmq
 
 from dte_tools.redact import MASK
 from dte_tools.wire import CLIENT_SIGNER, Op, encode_request, run_signer, sign
-from tests.harness import REPO, DaemonProcess, RawSocket, add_script_task, wait_for
+from tests.harness import (
+    REPO,
+    DaemonProcess,
+    RawSocket,
+    add_script_task,
+    second_user,
+    wait_for,
+)
 from tests.test_notebooks import add_notebook_task, code
 
 # -- a second unix user ----------------------------------------------------------------
 
 
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
 @dataclass(frozen=True)
 class Stranger:
-    """Another local account, with a Python (and pyzmq) it can run."""
+    """Another local account, with the system's Python and a copy of our pyzmq it can run."""
 
     name: str
     uid: int
     gid: int
     python: Path
+    site: Path  # holds zmq (and pyzmq.libs), on the PYTHONPATH of what it runs
 
     def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """``argv`` run as this user, with nothing of ours in its environment."""
@@ -46,7 +54,12 @@ class Stranger:
             user=self.uid,
             group=self.gid,
             extra_groups=[],
-            env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"},
+            env={
+                "PATH": "/usr/bin:/bin",
+                "HOME": "/tmp",
+                "LANG": "C.UTF-8",
+                "PYTHONPATH": str(self.site),
+            },
             cwd="/",
             capture_output=True,
             text=True,
@@ -55,39 +68,36 @@ class Stranger:
         )
 
 
-@pytest.fixture(scope="session")
-def stranger() -> Iterator[Stranger]:
-    """A fresh system user and a venv of /usr/bin/python3 with pyzmq that it can run (ours
-    lives where other users cannot read); both removed at the end of the session."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a second unix user needs root")
-    name = f"duftx{uuid.uuid4().hex[:8]}"
-    made = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+def system_python_minor() -> str:
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import sys; print(*sys.version_info[:2], sep='.')"],
         capture_output=True,
         text=True,
         check=False,
     )
-    if made.returncode != 0:
-        pytest.skip(f"useradd refused to create a second user: {made.stderr.strip()}")
-    folder = Path(tempfile.mkdtemp(prefix="duft-stranger-"))
-    try:
-        folder.chmod(0o755)
-        venv = folder / "venv"
-        for step in (
-            ["/usr/bin/python3", "-m", "venv", str(venv)],
-            [str(venv / "bin" / "pip"), "install", "-q", "pyzmq"],
-        ):
-            done = subprocess.run(step, capture_output=True, text=True, timeout=300, check=False)
-            if done.returncode != 0:
-                pytest.skip(
-                    f"cannot make a Python with pyzmq for the second user: {done.stderr[-300:]}"
-                )
-        entry = pwd.getpwnam(name)
-        yield Stranger(name, entry.pw_uid, entry.pw_gid, venv / "bin" / "python")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def stranger() -> Iterator[Stranger]:
+    """A fresh system user, and /usr/bin/python3 with a copy of our installed pyzmq in a
+    folder it can read (our venv lives where other users cannot). No network: the copied
+    compiled extension loads because the system Python has our minor version (checked)."""
+    ours = "{}.{}".format(*sys.version_info[:2])
+    if system_python_minor() != ours:
+        pytest.skip(f"{SYSTEM_PYTHON} is not Python {ours}: our pyzmq build cannot load in it")
+    with second_user("duftx") as user:
+        folder = Path(tempfile.mkdtemp(prefix="duft-stranger-"))
+        try:
+            installed = Path(zmq.__file__).resolve().parent.parent
+            for package in ("zmq", "pyzmq.libs"):
+                if (installed / package).is_dir():
+                    shutil.copytree(installed / package, folder / package)
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            yield Stranger(user.pw_name, user.pw_uid, user.pw_gid, SYSTEM_PYTHON, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

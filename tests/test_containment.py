@@ -98,6 +98,23 @@ def test_cancelled_run_that_ignores_sigterm_takes_its_detached_child_along(
     wait_gone([child], GONE_WITHIN_S)
 
 
+@pytest.mark.parametrize("mechanism", MECHANISMS.values(), ids=MECHANISMS.keys())
+def test_task_that_sigkills_itself_fails_with_sigkill_as_reason(
+    mechanism: tuple[str, ...], config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """A worker that dies by SIGKILL is reported as killed by SIGKILL, under either
+    mechanism: the subreaper launcher dies the same way (it cannot reset SIGKILL's handler,
+    so it must not try) instead of exiting 1 with a traceback."""
+    add_script_task(
+        config_dir, "SELFKILL", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    daemon = daemon_factory(config_dir, *mechanism)
+    run_id = daemon.submit("SELFKILL")["run"]["id"]
+    run = daemon.wait_final(run_id, 60)
+    assert run["state"] == "failed", run
+    assert (run["exit_code"], run["reason"]) == (-9, "killed by signal SIGKILL"), run
+
+
 def test_cgroup_mount_and_own_path_are_read_from_proc() -> None:
     """The cgroup v2 mount is found in /proc/mounts text wherever it is, and the daemon's
     own cgroup from the 0:: line of /proc/self/cgroup."""

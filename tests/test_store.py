@@ -112,6 +112,23 @@ async def test_retention_deletes_old_and_surplus_finished_runs_with_their_events
         await store.close()
 
 
+async def test_a_failed_retention_pass_is_tried_again_in_full(tmp_path: Path) -> None:
+    """When deleting fails (here the writer raises, as on a full disk), the next pass still
+    finds the surplus runs: the mark of tasks already looked at moves only after a delete."""
+    store = await Store.open(tmp_path / "runs.sqlite")
+
+    async def failing_write(job: object) -> None:
+        raise OSError("database or disk is full")
+
+    try:
+        runs = [await _finished_run(store, "A") for _ in range(3)]
+        with pytest.raises(OSError, match="disk is full"):
+            await store.prune(older_than=None, keep_per_task=2, write=failing_write)
+        assert await store.prune(older_than=None, keep_per_task=2) == [runs[0]]
+    finally:
+        await store.close()
+
+
 async def test_events_page_in_sequence_order(tmp_path: Path) -> None:
     """events_after returns a run's events after a sequence number, in order, up to a limit."""
     store = await Store.open(tmp_path / "runs.sqlite")

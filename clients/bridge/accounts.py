@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -49,6 +50,15 @@ class AccountError(ValueError):
 class Account:
     name: str
     permissions: frozenset[str]
+    # Changes with the password: tokens carry it, so a new password (or a new account
+    # of the same name) revokes the tokens issued before.
+    password_stamp: str = ""
+
+
+def _account(name: str, entry: dict) -> Account:
+    stored = entry.get("hash")
+    stamp = hashlib.sha256(stored.encode()).hexdigest()[:16] if isinstance(stored, str) else ""
+    return Account(name, frozenset(entry.get("permissions", ())), stamp)
 
 
 def users_path(state_dir: Path) -> Path:
@@ -87,10 +97,7 @@ def _write(path: Path, users: dict[str, dict]) -> None:
 
 
 def list_accounts(state_dir: Path) -> list[Account]:
-    return [
-        Account(name, frozenset(entry.get("permissions", ())))
-        for name, entry in sorted(_read(users_path(state_dir)).items())
-    ]
+    return [_account(name, entry) for name, entry in sorted(_read(users_path(state_dir)).items())]
 
 
 def has_accounts(state_dir: Path) -> bool:
@@ -139,7 +146,7 @@ def find_account(state_dir: Path, name: str) -> Account | None:
         return None
     if not isinstance(entry, dict):
         return None
-    return Account(name, frozenset(entry.get("permissions", ())))
+    return _account(name, entry)
 
 
 def verify_password(state_dir: Path, name: str, password: str) -> Account | None:
@@ -155,4 +162,4 @@ def verify_password(state_dir: Path, name: str, password: str) -> Account | None
         return None
     if not isinstance(stored, str):
         return None
-    return Account(name, frozenset(entry.get("permissions", ())))
+    return _account(name, entry)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -71,7 +72,7 @@ from clients.bridge.web_io import (
     whole_number,
 )
 from dte_tools import locate
-from dte_tools.addresses import is_loopback
+from dte_tools.addresses import hostname, is_loopback
 from dte_tools.wire import ErrorCode, Op
 
 log = logging.getLogger("duft.bridge")
@@ -110,21 +111,14 @@ class AccessPolicy:
         self.origins = {origin.rstrip("/") for origin in allowed_origins}
 
     def host_allowed(self, request: web.Request) -> bool:
-        return not self.check_host or _hostname(request.host) in self.hosts
+        return not self.check_host or hostname(request.host) in self.hosts
 
     def origin_allowed(self, request: web.Request, origin: str) -> bool:
         """Same origin, a loopback origin (any port), or one given with --allow-origin."""
         if origin == f"{request.scheme}://{request.host}" or origin in self.origins:
             return True
         scheme, _, netloc = origin.partition("://")
-        return scheme in ("http", "https") and _hostname(netloc) in LOOPBACK_NAMES
-
-
-def _hostname(netloc: str) -> str:
-    """``host`` of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``, lowercased."""
-    if netloc.startswith("["):
-        return netloc[1:].split("]", 1)[0].lower()
-    return (netloc.split(":", 1)[0] if netloc.count(":") == 1 else netloc).lower()
+        return scheme in ("http", "https") and hostname(netloc) in LOOPBACK_NAMES
 
 
 @web.middleware
@@ -475,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    os.umask(0o077)  # what the bridge writes (uploads, accounts) is its owner's alone
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:

@@ -13,20 +13,27 @@ Every request that reads runs, starts, cancels or changes anything needs one of:
   starting and cancelling runs needs ``run_data_task``, changing connection values
   ``change_settings``.
 
-Public without a credential: the pages (the bridge's own or a ``--ui`` build),
-``get-current-config`` (DUFT's UI reads it to learn that it must log in) and the two
-token endpoints. ``POST /api/v2/uploads`` checks HTTP Basic credentials of an account
-itself. ``--no-auth`` turns all of this off for a single-user desktop.
+Public without a credential, each by method and path (another method on the same path
+needs a credential): the pages (the bridge's own or a ``--ui`` build), ``GET
+get-current-config`` (DUFT's UI reads it to learn that it must log in) and ``POST`` to the
+two token endpoints. ``POST /api/v2/uploads`` checks HTTP Basic credentials of an account
+itself. The ``--upstream`` forwarder refuses any request without an identity as well.
+``--no-auth`` turns all of this off for a single-user desktop.
 
-Wrong tokens and passwords count as failed logins per client address; past
-``MAX_FAILURES`` within ``FAILURE_WINDOW_S`` the address gets 429 until the window has
-passed. Tokens are compared with ``hmac.compare_digest``; passwords are verified by
-argon2 (constant time); JWTs are HS256 under a secret made at start, so a restart logs
-everyone out.
+Wrong tokens count as failed logins per client address, wrong passwords per address and
+user name; past ``MAX_FAILURES`` within ``FAILURE_WINDOW_S`` more tries get 429 until the
+window has passed. Every local user shares 127.0.0.1, so the right bridge token is taken
+even then, and one user's guesses lock out no other account. Tokens are compared with
+``hmac.compare_digest``; passwords are verified by argon2 (constant time); JWTs are HS256
+under a secret made at start, so a restart logs everyone out, and carry a stamp of the
+account's password hash, so a new password or a removed account revokes them. A refresh
+gives a new access token only: the refresh token keeps its expiry, so a session ends
+``REFRESH_LIFETIME_S`` after its login.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 import time
@@ -48,18 +55,28 @@ ACCESS_LIFETIME_S = 5 * 60  # as DUFT's server (djangorestframework-simplejwt) d
 REFRESH_LIFETIME_S = 24 * 3600
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
-MAX_TRACKED_ADDRESSES = 4096
+MAX_TRACKED_KEYS = 4096
 OWNER = "owner"
 JWT_ALGORITHM = "HS256"
-# Reachable without a credential (anything outside these prefixes is a page or its files).
+PASSWORD_CLAIM = "pwd"  # the account's password stamp: a new password revokes old tokens
+# Needing a credential (anything outside these prefixes is a page or its files).
 PROTECTED_PREFIXES = ("/api/", "/sse/", "/run-data-task")
-PUBLIC_PATHS = frozenset(
-    {"/api/v2/get-current-config", "/api/v2/token/", "/api/v2/token/refresh/"}
-    | {"/api/v2/get-current-config/", "/api/v2/token", "/api/v2/token/refresh"}
+
+
+def _routes(methods: tuple[str, ...], *paths: str) -> frozenset[tuple[str, str]]:
+    """``(method, path)`` pairs, each path also with and without its trailing slash."""
+    variants = {variant for path in paths for variant in (path.rstrip("/"), path.rstrip("/") + "/")}
+    return frozenset((method, path) for method in methods for path in variants)
+
+
+# Reachable without a credential, by method and path: any other method on these paths
+# needs one (else it would fall through to the --upstream catch-all unchecked).
+PUBLIC_ROUTES = _routes(("GET", "HEAD"), "/api/v2/get-current-config") | _routes(
+    ("POST",), "/api/v2/token/", "/api/v2/token/refresh/"
 )
 # Routes that check their own credentials: uploads take HTTP Basic of an account
 # (clients.bridge.uploads), as DUFT's post_file_to_duft_server sends them.
-SELF_AUTHENTICATED = frozenset({UPLOAD_PATH})
+SELF_AUTHENTICATED = frozenset({("POST", UPLOAD_PATH)})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,7 +87,6 @@ class Identity:
 
     name: str
     permissions: frozenset[str]
-    is_user: bool = False
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions
@@ -81,39 +97,40 @@ IDENTITY = "duft.identity"  # request key
 
 
 class FailedLogins:
-    """Recent failed logins per client address, to slow down guessing."""
+    """Recent failed logins per key (a client address for the bridge token, address and
+    user name for passwords), to slow down guessing."""
 
     def __init__(self) -> None:
         self._failures: dict[str, deque[float]] = {}
 
-    def _recent(self, address: str) -> deque[float]:
-        times = self._failures.get(address, deque())
+    def _recent(self, key: str) -> deque[float]:
+        times = self._failures.get(key, deque())
         cutoff = time.monotonic() - FAILURE_WINDOW_S
         while times and times[0] < cutoff:
             times.popleft()
         if not times:
-            self._failures.pop(address, None)
+            self._failures.pop(key, None)
         return times
 
-    def check(self, address: str) -> None:
-        """429 while ``address`` has too many recent failures."""
-        times = self._recent(address)
+    def check(self, key: str) -> None:
+        """429 while ``key`` has too many recent failures."""
+        times = self._recent(key)
         if len(times) >= MAX_FAILURES:
             wait = int(times[0] + FAILURE_WINDOW_S - time.monotonic()) + 1
             raise HttpError(
                 429, ErrorCode.TOO_MANY_ATTEMPTS, f"too many failed logins; try again in {wait} s"
             )
 
-    def failed(self, address: str) -> None:
-        if len(self._failures) >= MAX_TRACKED_ADDRESSES:  # bounded memory: forget stale ones
+    def failed(self, key: str) -> None:
+        if len(self._failures) >= MAX_TRACKED_KEYS:  # bounded memory: forget stale ones
             for stale in list(self._failures):
                 self._recent(stale)
-        times = self._recent(address)
+        times = self._recent(key)
         times.append(time.monotonic())
-        self._failures[address] = times
+        self._failures[key] = times
 
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
 
 
 class Credentials:
@@ -134,19 +151,41 @@ class Credentials:
     def is_token(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self.token.encode())
 
+    async def verify_login(
+        self, request: web.Request, username: str, password: str
+    ) -> accounts.Account | None:
+        """The account if ``password`` is ``username``'s. Failures count per client address
+        and user name (429 past the limit), so another local user guessing at one name
+        locks out neither the owner nor the other accounts."""
+        key = f"{client_address(request)} {username}"
+        self.failures.check(key)
+        # argon2 takes tens of milliseconds of CPU: keep the event loop (and streams) going.
+        account = await asyncio.to_thread(
+            accounts.verify_password, self.state_dir, username, password
+        )
+        if account is None:
+            self.failures.failed(key)
+        else:
+            self.failures.succeeded(key)
+        return account
+
     # -- JWTs ---------------------------------------------------------------------------
 
     def issue(self, account: accounts.Account) -> dict[str, str]:
-        """A fresh ``{"access", "refresh"}`` pair for ``account``."""
+        """A fresh ``{"access", "refresh"}`` pair for ``account`` (at login)."""
         return {
-            "access": self._encode(account.name, "access", ACCESS_LIFETIME_S),
-            "refresh": self._encode(account.name, "refresh", REFRESH_LIFETIME_S),
+            "access": self.access_token(account),
+            "refresh": self._encode(account, "refresh", REFRESH_LIFETIME_S),
         }
 
-    def _encode(self, name: str, kind: str, lifetime_s: int) -> str:
+    def access_token(self, account: accounts.Account) -> str:
+        return self._encode(account, "access", ACCESS_LIFETIME_S)
+
+    def _encode(self, account: accounts.Account, kind: str, lifetime_s: int) -> str:
         now = int(time.time())
         claims = {
-            "sub": name,
+            "sub": account.name,
+            PASSWORD_CLAIM: account.password_stamp,
             "token_type": kind,
             "iat": now,
             "exp": now + lifetime_s,
@@ -155,7 +194,8 @@ class Credentials:
         return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
 
     def account_of(self, token: str, kind: str) -> accounts.Account | None:
-        """The live account a valid, unexpired JWT of ``kind`` names, else None."""
+        """The live account a valid, unexpired JWT of ``kind`` names, else None (also when
+        the account's password changed since the token was issued)."""
         try:
             claims = jwt.decode(
                 token,
@@ -167,7 +207,10 @@ class Credentials:
             return None
         if claims.get("token_type") != kind or not isinstance(claims.get("sub"), str):
             return None
-        return accounts.find_account(self.state_dir, claims["sub"])
+        account = accounts.find_account(self.state_dir, claims["sub"])
+        if account is None or claims.get(PASSWORD_CLAIM) != account.password_stamp:
+            return None
+        return account
 
     # -- who is asking ------------------------------------------------------------------
 
@@ -199,12 +242,16 @@ class Credentials:
         return None
 
     def _owner_token(self, request: web.Request, value: str) -> Identity:
+        if self.is_token(value):  # even while throttled: no one guesses 256 bits
+            return OWNER_IDENTITY
+        self.wrong_token(request)
+        raise HttpError(401, ErrorCode.UNAUTHORIZED, "wrong bridge token")
+
+    def wrong_token(self, request: web.Request) -> None:
+        """Count a wrong bridge token of the client's address; 429 past the limit."""
         address = client_address(request)
         self.failures.check(address)
-        if not self.is_token(value):
-            self.failures.failed(address)
-            raise HttpError(401, ErrorCode.UNAUTHORIZED, "wrong bridge token")
-        return OWNER_IDENTITY
+        self.failures.failed(address)
 
     def set_cookie(self, response: web.StreamResponse, value: str, max_age: int | None) -> None:
         response.set_cookie(
@@ -218,7 +265,7 @@ class Credentials:
 
 
 def _user(account: accounts.Account) -> Identity:
-    return Identity(account.name, account.permissions, is_user=True)
+    return Identity(account.name, account.permissions)
 
 
 def client_address(request: web.Request) -> str:
@@ -244,24 +291,27 @@ def require(request: web.Request, permission: str) -> Identity:
     return who
 
 
-def protected(path: str) -> bool:
-    return path.startswith(PROTECTED_PREFIXES) and path not in PUBLIC_PATHS
+def protected(request: web.Request) -> bool:
+    return (
+        request.path.startswith(PROTECTED_PREFIXES)
+        and (request.method, request.path) not in PUBLIC_ROUTES
+    )
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Identify the caller; refuse protected paths without a credential; take ``?token=``."""
     credentials = request.app[CREDENTIALS]
-    if request.path in SELF_AUTHENTICATED:
+    if (request.method, request.path) in SELF_AUTHENTICATED:
         return await handler(request)
     if not credentials.enabled:
         request[IDENTITY] = OWNER_IDENTITY
         return await handler(request)
-    if "token" in request.query and request.method == "GET" and not protected(request.path):
+    if "token" in request.query and request.method == "GET" and not protected(request):
         return _login_by_url(request, credentials)
     who = credentials.identify(request)
     request[IDENTITY] = who
-    if who is None and protected(request.path):
+    if who is None and protected(request):
         raise HttpError(
             401,
             ErrorCode.UNAUTHORIZED,
@@ -273,12 +323,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def _login_by_url(request: web.Request, credentials: Credentials) -> web.StreamResponse:
     """``GET /page?token=T``: store the token in the cookie and reload without it."""
-    address = client_address(request)
-    credentials.failures.check(address)
     if not credentials.is_token(request.query["token"]):
-        credentials.failures.failed(address)
+        credentials.wrong_token(request)
         raise HttpError(401, ErrorCode.UNAUTHORIZED, "wrong bridge token in the URL")
-    credentials.failures.succeeded(address)
     query = {k: v for k, v in request.query.items() if k != "token"}
     location = str(request.rel_url.with_query(query))
     response = web.Response(status=302, headers={"Location": location})

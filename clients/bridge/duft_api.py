@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from clients.bridge.async_bus import AsyncBus
 from clients.bridge.auth import CREDENTIALS, describe, identity_of
 from clients.bridge.duft_config import BadName, ConfigFiles, checked_name
 from clients.bridge.web_io import BUS, HttpError, bus_of
@@ -71,7 +72,7 @@ async def get_current_config(request: web.Request) -> web.Response:
                 "user_authentication": users_on,
                 "enforce_user_authentication": users_on,
                 "task_scheduler": files.has_schedules(root),
-                "server_uploads": False,
+                "server_uploads": True,  # POST /api/v2/uploads (clients.bridge.uploads)
                 "log_level": "INFO",
             },
             **describe(who, users_on),
@@ -144,12 +145,13 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def recent_log(request: web.Request) -> web.Response:
-    """The log, stdout and stderr lines and outcomes of the newest runs, oldest first."""
+    """The log, stdout and stderr lines and outcomes of the newest runs, oldest first: of
+    each run only its last ``LOG_LINES`` events are read, however many it has."""
     bus = bus_of(request)
     runs = (await bus.request(Op.RUNS, limit=LOG_RUNS))["runs"]
     content: deque[str] = deque(maxlen=LOG_LINES)
     for run in reversed(runs):
-        after = 0
+        after = max(0, await _last_seq(bus, run["id"]) - LOG_LINES)
         while True:
             page = await bus.request(Op.EVENTS, run=run["id"], after=after)
             for event in page["events"]:
@@ -158,6 +160,25 @@ async def recent_log(request: web.Request) -> web.Response:
             if not page["more"]:
                 break
     return web.json_response({"content": list(content)})
+
+
+async def _last_seq(bus: AsyncBus, run_id: int) -> int:
+    """The run's last event number, or 0 when it has at most ``LOG_LINES``: found with a
+    few one-event reads, as the events op pages forward only and a run has no count."""
+
+    async def any_after(seq: int) -> bool:
+        page = await bus.request(Op.EVENTS, run=run_id, after=seq, limit=1)
+        return bool(page["events"])
+
+    if not await any_after(LOG_LINES):
+        return 0
+    low, high = LOG_LINES, 2 * LOG_LINES  # events after low; after high, not known yet
+    while await any_after(high):
+        low, high = high, 2 * high
+    while high - low > 1:  # the last one is in (low, high]
+        middle = (low + high) // 2
+        low, high = (middle, high) if await any_after(middle) else (low, middle)
+    return high
 
 
 def _log_lines(run: dict[str, Any], event: dict[str, Any]) -> list[str]:

@@ -3,41 +3,44 @@
 The request is ``multipart/form-data`` with a ``kind`` field and then a ``file`` field,
 authenticated with HTTP Basic. The file is streamed to
 ``<data folder>/uploads/<kind>/<name>`` (a new name when that one is taken, never an
-overwrite) and refused past :data:`MAX_UPLOAD_BYTES`. Reply ``201 {kind, name, path,
+overwrite) and refused past :data:`MAX_UPLOAD_BYTES`. The data folder is the running
+duftd's (its ``health`` answer), so tasks find the files where they read data; folders are
+made 0700 and files 0600, as uploads may hold personal data. Reply ``201 {kind, name, path,
 bytes}``, ``path`` relative to the data folder.
 
 Any account of ``duft users add`` may upload (the bridge's one account store,
-:mod:`clients.bridge.accounts`); a wrong password counts as a failed login of the client's
-address, as on DUFT's login (:mod:`clients.bridge.auth`). The route authenticates itself:
-the bridge's credential check lets it through.
+:mod:`clients.bridge.accounts`); a wrong password counts as a failed login, as on DUFT's
+login (:mod:`clients.bridge.auth`). The route authenticates itself: the bridge's
+credential check lets it through.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import BodyPartReader, web
 
-from clients.bridge import accounts
-from clients.bridge.auth import CREDENTIALS, client_address
-from clients.bridge.web_io import HttpError
-from dte_tools import locate
+from clients.bridge.auth import CREDENTIALS
+from clients.bridge.web_io import HttpError, bus_of
 from dte_tools.upload import UPLOAD_PATH
-from dte_tools.wire import ErrorCode
+from dte_tools.wire import ErrorCode, Op
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 KIND_FIELD_BYTES = 128
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PRIVATE_FOLDER = 0o700
+PRIVATE_FILE = 0o600
 
 
 @dataclass(frozen=True)
 class UploadSettings:
-    data_dir: Path
+    data_dir: Path | None = None  # None: the running duftd's, asked per upload
     max_bytes: int = MAX_UPLOAD_BYTES
 
 
@@ -45,8 +48,8 @@ SETTINGS = web.AppKey("uploads", UploadSettings)
 
 
 def register(app: web.Application) -> None:
-    """Add the upload route; uploads land in the data folder duftd uses by default."""
-    app[SETTINGS] = UploadSettings(locate.data_dir(locate.default_config_dir()))
+    """Add the upload route; uploads land in the running duftd's data folder."""
+    app[SETTINGS] = UploadSettings()
     app.router.add_post(UPLOAD_PATH, receive_upload)
 
 
@@ -73,8 +76,11 @@ async def receive_upload(request: web.Request) -> web.Response:
         raise HttpError(
             400, ErrorCode.BAD_REQUEST, f"file name {file_part.filename!r} is not allowed"
         )
-    folder = settings.data_dir / "uploads" / kind
-    folder.mkdir(parents=True, exist_ok=True)
+    data_dir = await _data_dir(request)
+    folder = data_dir / "uploads" / kind
+    data_dir.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
+    for level in (folder.parent, folder):
+        level.mkdir(mode=PRIVATE_FOLDER, exist_ok=True)
     target, handle = _new_file(folder, name)
     size = 0
     try:
@@ -91,7 +97,7 @@ async def receive_upload(request: web.Request) -> web.Response:
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    path = str(target.relative_to(settings.data_dir))
+    path = str(target.relative_to(data_dir))
     return web.json_response(
         {"kind": kind, "name": target.name, "path": path, "bytes": size, "user": username},
         status=201,
@@ -107,26 +113,28 @@ async def _authenticate(request: web.Request) -> str:
         sep = ""
     if scheme.lower() != "basic" or not sep:
         raise HttpError(401, ErrorCode.UNAUTHORIZED, "send HTTP Basic credentials of an uploader")
-    credentials = request.app[CREDENTIALS]
-    address = client_address(request)
-    credentials.failures.check(address)
-    account = await asyncio.to_thread(  # a slow hash: off the loop
-        accounts.verify_password, credentials.state_dir, username, password
-    )
-    if account is None:
-        credentials.failures.failed(address)
+    if await request.app[CREDENTIALS].verify_login(request, username, password) is None:
         raise HttpError(401, ErrorCode.UNAUTHORIZED, f"wrong username or password for {username!r}")
-    credentials.failures.succeeded(address)
     return username
 
 
-def _new_file(folder: Path, name: str):
-    """Create ``name`` in ``folder``, or ``stem-2.ext``... if taken (exclusive create)."""
+async def _data_dir(request: web.Request) -> Path:
+    """The configured data folder, else the one the running duftd uses."""
+    configured = request.app[SETTINGS].data_dir
+    if configured is not None:
+        return configured
+    return Path((await bus_of(request).request(Op.HEALTH))["data_dir"])
+
+
+def _new_file(folder: Path, name: str) -> tuple[Path, BinaryIO]:
+    """Create ``name`` in ``folder``, or ``stem-2.ext``... if taken (exclusive create,
+    owner-only whatever the umask)."""
     stem, suffix = Path(name).stem, Path(name).suffix
     for serial in range(1, 10_000):
         target = folder / (name if serial == 1 else f"{stem}-{serial}{suffix}")
         try:
-            return target, open(target, "xb")
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
         except FileExistsError:
             continue
+        return target, os.fdopen(fd, "wb")
     raise HttpError(409, ErrorCode.CONFLICT, f"too many files named like {name} in {folder}")

@@ -2,9 +2,10 @@
 
 This engine runs data tasks; queries (``run-query``, ``run-server-query``) and
 dashboards' data are DUFT server's. With ``--upstream http://duft-server:8000`` the bridge
-passes such requests on, method, path, query and body, streaming the body both ways (no
-size limit of its own beyond the bridge's, no buffering), so a site can put this engine in
-front of the server it has. The bridge's own credentials (its cookie, an
+passes such requests on, method, path, query and body, streaming the body both ways with
+no buffering and no size limit here (the bridge's ``client_max_size`` bounds only bodies it
+reads whole; DUFT's server applies its own), so a site can put this engine in front of the
+server it has. The bridge's own credentials (its cookie, an
 ``Authorization`` header) are not passed on: they mean nothing to DUFT's server and must
 not leave the bridge. Without ``--upstream`` the answer is 501, saying so.
 """
@@ -15,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from clients.bridge.auth import CREDENTIALS, identity_of
 from clients.bridge.web_io import HttpError
 from dte_tools.wire import ErrorCode
 
@@ -58,6 +60,9 @@ class Upstream:
             await self._session.close()
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        if request.app[CREDENTIALS].enabled and identity_of(request) is None:
+            # Defence in depth: the auth middleware lets no such request here.
+            raise HttpError(401, "unauthorized", "forwarding to DUFT's server needs a credential")
         if self._session is None:
             raise HttpError(
                 501,

@@ -166,7 +166,7 @@ class SparePool:
         if spare is not None and spare.process.returncode is None:
             return spare
         if spare is not None:
-            spare.close_pipes()
+            spare.discard()  # dead, but its cgroup, leftovers and kernel folder are not
         return None
 
     async def close(self) -> None:
