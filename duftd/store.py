@@ -7,9 +7,11 @@ This is the only module that speaks SQL. The schema is versioned with
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,20 @@ UPDATABLE = frozenset(
     }
 )
 EventRow = tuple[int, int, float, str, str]
+# Event rows per INSERT statement. sqlite3 lets go of the GIL for every statement step and
+# then waits to take it back from a busy event loop (up to the 5 ms switch interval), so
+# executemany, one step per row, made a 500-event batch crawl under a flood; one statement
+# per 100 rows steps 5 times. Up to 100 the statements of each length stay in the cache.
+ROWS_PER_INSERT = 100
+
+
+@functools.cache
+def _insert_events_sql(rows: int) -> str:
+    return "INSERT INTO events (run_id, seq, ts, kind, data) VALUES " + ",".join(
+        ["(?, ?, ?, ?, ?)"] * rows
+    )
+
+
 # Runs one write (a coroutine function) and returns its result: the daemon passes its one
 # writer's, so that retention's transactions take turns with the events'.
 Writer = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -202,20 +218,28 @@ class Store:
             f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id)
         )
 
-    async def _commit(self, sql: str, args: Sequence[Any], many: bool = False) -> Any:
+    async def _commit(self, sql: str, args: Sequence[Any]) -> Any:
         """One statement in its own transaction, rolled back if it fails (a full disk), so
         the next write starts clean. Only the pipeline's writer task calls the writers."""
         try:
-            if many:
-                cursor = await self._db.executemany(sql, args)
-            else:
-                cursor = await self._db.execute(sql, args)
+            cursor = await self._db.execute(sql, args)
             await self._db.commit()
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._db.rollback()
             raise
         return cursor
+
+    async def _commit_all(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
+        """Several statements in one transaction, rolled back if any fails."""
+        try:
+            for sql, args in statements:
+                await self._db.execute(sql, args)
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            raise
 
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
         return await self._fetch_run(self._read, run_id)
@@ -258,11 +282,13 @@ class Store:
 
     async def insert_events(self, rows: Sequence[EventRow]) -> None:
         """Store a batch of ``(run_id, seq, ts, kind, data_json)`` rows in one commit."""
-        await self._commit(
-            "INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
-            rows,
-            many=True,
-        )
+        statements = [
+            (_insert_events_sql(len(chunk)), list(chain.from_iterable(chunk)))
+            for chunk in (
+                rows[i : i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT)
+            )
+        ]
+        await self._commit_all(statements)
 
     async def events_after(self, run_id: int, after: int, limit: int) -> list[dict[str, Any]]:
         async with self._read.execute(
