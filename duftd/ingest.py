@@ -21,6 +21,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -54,6 +55,14 @@ COALESCE_S = 0.001
 # process that escaped every kill: reading stops, and the run records it.
 ABANDON_IDLE_S = 5.0
 STDERR_TAIL_LINES = 40
+# The record a task's log call or plain output line writes (dte_tools.channel.encode_record),
+# recognised without decoding it: a finite time and text of printable ASCII without
+# escapes, so the data is already strict JSON and is stored as the task encoded it.
+# Anything else (escapes, other kinds, odd spacing) is decoded and checked in full.
+_PLAIN_RECORD = re.compile(
+    rb'\["(log|stdout|stderr)",(\d{1,12}\.\d{1,9}),'
+    rb'(\{(?:"level":"(info|warning|error)","message"|"text"):"([^"\\\x00-\x1f\x7f-\xff]*)"\})\]'
+)
 
 
 @dataclass(eq=False)
@@ -260,17 +269,25 @@ class RunInput:
             os.close(fd)
 
     def _records(self, block: bytes) -> None:
-        """Records, one a line; the common case is parsed in one call."""
-        lines = block.split(b"\n")
-        try:
-            items = json.loads(b"[" + b",".join(lines) + b"]")
-        except (ValueError, RecursionError):
-            items = None
-        if items is None or len(items) != len(lines):
-            items = [self._record(line) for line in lines]
-        for item in items:
-            if item is not None and not accept(self._pipeline, self._link, item):
-                self._lost("bad_event")
+        """Records, one a line; plain log and output lines (the flood case) are taken as
+        they are, the rest decoded one by one."""
+        plain = _PLAIN_RECORD.fullmatch
+        emit = self._pipeline.emit_encoded
+        link = self._link
+        for line in block.split(b"\n"):
+            match = plain(line)
+            if match is not None:
+                kind, ts, data, level, text = match.groups()
+                if (level is None) == (kind == b"log"):  # a log's data is level and message
+                    match = None
+            if match is None:
+                item = self._record(line)
+                if item is not None and not accept(self._pipeline, link, item):
+                    self._lost("bad_event")
+                continue
+            if kind == b"stderr":
+                link.stderr_tail.append(text.decode())
+            emit(link.channel, kind.decode(), data.decode(), float(ts), level and level.decode())
 
     def _record(self, line: bytes) -> Any:
         try:

@@ -125,6 +125,7 @@ class EventPipeline:
     def __init__(self, store: Store, publisher: Publisher) -> None:
         self._store = store
         self._publisher = publisher
+        # (channel, ts, kind, data): data is a dict, or its JSON when a worker sent it ready.
         self._pending: list[tuple[RunChannel, float, str, Any] | _Write] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -139,6 +140,18 @@ class EventPipeline:
         self._pending.append((channel, ts, kind, data))
         if kind == Kind.LOG:
             channel.counts[data.get("level", "info")] += 1
+        self._idle.clear()
+        self._wake.set()
+        if len(self._pending) >= BACKLOG_LIMIT:
+            self._below_limit.clear()
+
+    def emit_encoded(
+        self, channel: RunChannel, kind: str, data_json: str, ts: float, level: str | None
+    ) -> None:
+        """Queue one event whose data is already strict JSON (``level`` for a log line)."""
+        self._pending.append((channel, ts, kind, data_json))
+        if level is not None:
+            channel.counts[level] += 1
         self._idle.clear()
         self._wake.set()
         if len(self._pending) >= BACKLOG_LIMIT:
@@ -222,7 +235,7 @@ class EventPipeline:
         for channel, ts, kind, data in batch:
             channel.last_seq += 1
             seq = channel.last_seq
-            text = _encode(data)
+            text = data if type(data) is str else _encode(data)
             if channel.redactor:
                 text = channel.redact(text)
             rows.append((channel.run_id, seq, ts, kind, text))

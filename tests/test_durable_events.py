@@ -285,6 +285,43 @@ def test_a_record_that_cannot_be_used_is_counted_as_lost_never_silently(
     assert final_state_event(events)["data"]["events_lost"] == 1
 
 
+def test_records_taken_without_decoding_are_checked_like_the_others(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """Plain log and output records are taken as written, the rest decoded: both give the
+    same events in order, a log with output's data (or output with a log's) is refused and
+    counted, a warning is counted, and escapes and non-ASCII text survive either way."""
+    records = [
+        b'["log",1.5,{"level":"warning","message":"plain warning"}]',
+        b'["log",1.5,{"text":"a log without a level"}]',
+        b'["stdout",1.5,{"level":"info","message":"output with a level"}]',
+        b'["stdout",1.5,{"text":"plain output"}]',
+        b'["log",1.5,{"level":"info","message":"a \\"quoted\\" caf\\u00e9"}]',
+        b'["log", 1.5, {"level":"info", "message":"spaced"}]',
+        b'["stderr",1.5,{"text":"plain error output"}]',
+    ]
+    written = b"\n".join(records) + b"\n"
+    code = (
+        "import os\nfrom dte_tools import channel, initialise_data_task\n"
+        "environment = initialise_data_task('plain')\n"
+        f"os.write(channel.current()._fd, {written!r})\n"
+    )
+    add_script_task(config_dir, "PLAIN", code)
+    daemon = daemon_factory(config_dir)
+    run = daemon.wait_final(daemon.submit("PLAIN")["run"]["id"])
+    events = [e for e in daemon.events(run["id"]) if e["kind"] != Kind.STATE]
+    assert [(e["kind"], e["data"]) for e in events if e["kind"] != Kind.NOTICE] == [
+        (Kind.LOG, {"level": "warning", "message": "plain warning"}),
+        (Kind.STDOUT, {"text": "plain output"}),
+        (Kind.LOG, {"level": "info", "message": 'a "quoted" café'}),
+        (Kind.LOG, {"level": "info", "message": "spaced"}),
+        (Kind.STDERR, {"text": "plain error output"}),
+    ]
+    assert all(e["ts"] == 1.5 for e in events if e["kind"] != Kind.NOTICE)
+    assert run["warning_count"] == 1 and run["events_lost"] == 2, run
+    assert "2 event(s) of this run could not be stored (2 bad_event)" in run["reason"]
+
+
 def test_restart_masks_a_notebook_an_orphaned_runner_left(
     tmp_path: Path, config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
