@@ -46,7 +46,7 @@ WORKER_KINDS = frozenset(
     {Kind.LOG, Kind.PROGRESS, Kind.STDOUT, Kind.STDERR, Kind.CELL, Kind.NOTICE, Kind.FAILURE}
 )
 # Bytes taken from a pipe at a time; also what its reader buffers before the pipe is paused.
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 16 * 1024
 # Longest stdout/stderr line kept whole; a longer one arrives in pieces.
 LINE_LIMIT = 64 * 1024
 # How long a reader waits after a short read, so records arrive in batches.
