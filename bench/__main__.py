@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import cases, config_load, history
+from bench import cases, cluster, config_load, history
 from bench.common import Row, bench_config, spread
 from tests.harness import DaemonProcess
 
@@ -56,6 +56,7 @@ def main() -> int:
                 ("queue", lambda: cases.queue(daemon, queue_tasks)),
                 ("config loading", lambda: config_load.config_loading(config, scratch)),
                 ("history", lambda: history.history_growth(config, scratch)),
+                ("dask launcher", lambda: cluster.dask_launcher(daemon, scratch)),
             ]
             wanted = set(sys.argv[1:])  # `python -m bench queue "control latency"` runs just those
             for name, step in steps:

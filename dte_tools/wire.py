@@ -91,9 +91,12 @@ class Op:
     # Worker operations, signed with the run token.
     WORKER_HELLO = "worker.hello"
     WORKER_CONNECTION = "worker.connection"
+    # A relay on a Dask worker (``--launcher dask``): start the run once, bring its events.
+    WORKER_CLAIM = "worker.claim"
+    WORKER_EVENTS = "worker.events"
 
 
-WORKER_OPS = frozenset({Op.WORKER_HELLO, Op.WORKER_CONNECTION})
+WORKER_OPS = frozenset({Op.WORKER_HELLO, Op.WORKER_CONNECTION, Op.WORKER_CLAIM, Op.WORKER_EVENTS})
 
 
 class Kind:

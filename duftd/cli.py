@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 from dte_tools import locate
+from duftd.cluster.connect import DaskSettings
 from duftd.errors import DuftError
 from duftd.logs import configure
+from duftd.runs.launchers import LAUNCHERS
 from duftd.server import DEFAULT_HOST, DEFAULT_PORT, DaemonOptions, run_daemon
 
 
@@ -87,6 +89,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "over with a warning, as DUFT does; also the strictConnections setting in "
         "user/config.json)",
     )
+    cluster = parser.add_argument_group("runs on a Dask cluster (README: Running on a cluster)")
+    cluster.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        help="where runs execute: local worker processes, or a Dask cluster (default: the "
+        "'launcher' setting in user/config.json, else local)",
+    )
+    cluster.add_argument(
+        "--dask-scheduler",
+        metavar="ADDR",
+        help="the cluster's scheduler, tls://HOST:PORT (tcp:// only on this machine)",
+    )
+    cluster.add_argument(
+        "--dask-insecure",
+        action="store_true",
+        help="allow a tcp:// scheduler off this machine (a network that is private already)",
+    )
+    for name in ("ca", "cert", "key"):
+        cluster.add_argument(
+            f"--dask-tls-{name}",
+            type=Path,
+            help="TLS file for the scheduler connection (default: Dask's own configuration)",
+        )
+    cluster.add_argument(
+        "--dask-data-dir",
+        help="a data folder every Dask worker shares (default: one per run on its worker)",
+    )
     return parser.parse_args(argv)
 
 
@@ -104,6 +133,17 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         spares=not args.no_spares,
         containment=args.containment,
         strict_connections=args.strict_connections,
+        launcher=args.launcher,
+        dask=DaskSettings(
+            args.dask_scheduler,
+            args.dask_insecure,
+            args.dask_tls_ca,
+            args.dask_tls_cert,
+            args.dask_tls_key,
+        )
+        if args.dask_scheduler
+        else None,
+        dask_data_dir=args.dask_data_dir,
     )
 
 

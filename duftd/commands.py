@@ -16,6 +16,7 @@ from typing import Any
 from dte_tools import locate
 from dte_tools.wire import FINAL_STATES, PROTOCOL_VERSION, Kind, Op
 from duftd import __version__, connections
+from duftd.cluster.launcher import DaskRun
 from duftd.config import (
     LoadedConfig,
     TaskSpec,
@@ -28,10 +29,12 @@ from duftd.control import Caller, Handler
 from duftd.errors import UnauthorizedError
 from duftd.ingest import Ingest
 from duftd.protocol import (
+    ClaimArgs,
     ConnectionArgs,
     ConnectionTestArgs,
     EventsArgs,
     NoArgs,
+    RemoteEventsArgs,
     RunArgs,
     RunsArgs,
     SchedulesArgs,
@@ -104,13 +107,16 @@ class Commands:
             Op.TEST_CONNECTION: self.test_connection,
             Op.WORKER_HELLO: self.worker_hello,
             Op.WORKER_CONNECTION: self.worker_connection,
+            Op.WORKER_CLAIM: self.worker_claim,
+            Op.WORKER_EVENTS: self.worker_events,
         }
         return table
 
     async def health(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {version, protocol, pid, uptime_s, config, runs: {state: n}, active, queued,
-        dropped: {reason: n}, storage_full: bool}; ``storage_full`` while the state folder's
-        disk is full (events are held, submits refused, until space returns)."""
+        dropped: {reason: n}, storage_full: bool, launcher, ...}; ``storage_full`` while the
+        state folder's disk is full (events are held, submits refused, until space returns);
+        with ``launcher: dask`` also ``scheduler``, ``connected``, ``workers``, ``error``."""
         manager = self._manager
         return {
             "version": __version__,
@@ -124,6 +130,7 @@ class Commands:
             "max_concurrent": manager.max_concurrent,
             "dropped": dict(self._ingest.dropped),
             "storage_full": manager.pipeline.storage_full,
+            **manager.launcher.health(),
         }
 
     async def tasks(self, caller: Caller, args: TasksArgs) -> dict[str, Any]:
@@ -230,7 +237,7 @@ class Commands:
         """(worker) -> {run_id, task_id, task_name, params, connections, config_dir,
         data_dir, temp_dir}: what a worker needs to start, never a connection's values."""
         run = _worker_run(caller)
-        data_dir = self._manager.endpoints.data_dir
+        data_dir = run.data_dir or self._manager.endpoints.data_dir
         return {
             "run_id": run.id,
             "task_id": run.task.address,
@@ -260,6 +267,22 @@ class Commands:
                 run.link.channel, Kind.LOG, {"level": "warning", "message": message}, time.time()
             )
         return {"values": values}
+
+    async def worker_claim(self, caller: Caller, args: ClaimArgs) -> dict[str, Any]:
+        """(relay) {worker, host, data_dir} -> {}: a run placed on a Dask worker starts
+        there once; another start of it (Dask rescheduling it) is refused."""
+        return _placed_run(caller).claim(args)
+
+    async def worker_events(self, caller: Caller, args: RemoteEventsArgs) -> dict[str, Any]:
+        """(relay) {batch, events, lost, last} -> {stop}, once the events are stored."""
+        return await _placed_run(caller).receive(args)
+
+
+def _placed_run(caller: Caller) -> DaskRun:
+    run = _worker_run(caller)
+    if not isinstance(run.supervisor, DaskRun):
+        raise UnauthorizedError(f"run {run.id} is not placed on a Dask cluster")
+    return run.supervisor
 
 
 def _worker_run(caller: Caller):

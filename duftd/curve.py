@@ -48,6 +48,13 @@ class CurveKeys:
             assert self.client is not None
             authenticator.configure_curve_callback("*", _OneClient(self.client[0]))
 
+    def allowed_keys(self) -> set[bytes]:
+        """The allowed clients' public keys (z85), for a callback that also knows others."""
+        if self.clients_dir is not None:
+            return set(zmq.auth.load_certificates(str(self.clients_dir)))
+        assert self.client is not None
+        return {self.client[0]}
+
     def connection_info(self) -> dict[str, str]:
         """What the connection file carries: the server's public key, and the generated
         client keypair (a ``--curve-dir`` client brings its own)."""

@@ -79,6 +79,24 @@ class ConnectionTestArgs(Strict):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
+class ClaimArgs(Strict):
+    """Where a relay starts a run: the Dask worker, its host and the run's data folder."""
+
+    worker: str = Field(max_length=500)
+    host: str = Field(max_length=500)
+    data_dir: str = Field(max_length=4096)
+
+
+class RemoteEventsArgs(Strict):
+    """A relay's numbered batch of ``[kind, ts, data]`` events (each number is taken once),
+    the counts of what it could not read, and whether it is the run's last batch."""
+
+    batch: int = Field(ge=1)
+    events: list[Any] = Field(max_length=10_000)
+    lost: dict[str, int] = Field(default_factory=dict, max_length=50)
+    last: bool = False
+
+
 ARGS: dict[str, type[Strict]] = {
     Op.HEALTH: NoArgs,
     Op.TASKS: TasksArgs,
@@ -93,4 +111,6 @@ ARGS: dict[str, type[Strict]] = {
     Op.TEST_CONNECTION: ConnectionTestArgs,
     Op.WORKER_HELLO: NoArgs,
     Op.WORKER_CONNECTION: ConnectionArgs,
+    Op.WORKER_CLAIM: ClaimArgs,
+    Op.WORKER_EVENTS: RemoteEventsArgs,
 }

@@ -17,7 +17,6 @@ import asyncio
 import fcntl
 import functools
 import gc
-import ipaddress
 import os
 import secrets
 import shutil
@@ -26,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from socket import getfqdn
 from typing import IO, Any, Literal
 
 import structlog
@@ -36,6 +36,9 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from dte_tools import locate
 from dte_tools.wire import HARD_MESSAGE_BYTES, PROTOCOL_VERSION
 from duftd import __version__, connection_file, curve, spawn
+from duftd.addresses import is_loopback
+from duftd.cluster.connect import DaskSettings, dask_settings
+from duftd.cluster.launcher import DaemonSide, DaskLauncher, RunKeys
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
 from duftd.config_reload import reload_if_replaced
@@ -76,6 +79,10 @@ class DaemonOptions:
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.workers)
     containment: Literal["auto", "subreaper"] = "auto"  # subreaper: never cgroups
     strict_connections: bool = False  # refuse connections a task does not declare
+    # Where runs execute (duftd.runs.launchers); None: the "launcher" setting, else local.
+    launcher: str | None = None
+    dask: DaskSettings | None = None  # --dask-scheduler and its TLS files
+    dask_data_dir: str | None = None  # a data folder every Dask worker shares, if any
 
     @property
     def tcp(self) -> bool:
@@ -99,15 +106,6 @@ def make_private(folder: Path) -> int:
     return tightened
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
@@ -124,6 +122,8 @@ class Daemon:
         # Where workers reach control and ingest: always the ipc endpoints in the state
         # folder (NULL mechanism; workers never hold keys).
         self.worker_endpoints: dict[str, str] = {}
+        self.dask: DaskSettings | None = None
+        self.run_keys = RunKeys()
         self._ipc_paths: list[Path] = []
 
     # -- start-up --------------------------------------------------------------
@@ -152,6 +152,12 @@ class Daemon:
         subreaper = options.containment == "subreaper"
         log.info("run containment", mechanism=spawn.contain_workers(subreaper))
         config = self._load_config()
+        self.dask = dask_settings(options.launcher, options.dask, config.user.settings)
+        if self.dask is not None and not options.tcp:
+            raise StartupError(
+                "--launcher dask needs duftd on tcp (--host/--port; always under CURVE): "
+                "Dask workers dial back to its control socket"
+            )
         self.store = await Store.open(options.state_dir / "runs.sqlite")
         key = secrets.token_hex(32)
         sockets = self._bind()
@@ -171,6 +177,7 @@ class Daemon:
             options.max_concurrent,
             options.cancel_grace_s,
             spares=options.spares,
+            launcher=self._dask_launcher(),
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, self.manager.worker_link)
         scheduler = Scheduler(self.manager, config)
@@ -189,7 +196,7 @@ class Daemon:
             asyncio.create_task(scheduler.run(), name="scheduler"),
         ]
         lost = await self.manager.reconcile()
-        self.manager.start_spares()
+        self.manager.launcher.start()
         # Everything loaded so far lives as long as the daemon: keep it out of the cyclic
         # collector's full passes, which otherwise stall the loop for tens of milliseconds
         # while events stream (seen as control-latency spikes in `make bench`).
@@ -259,7 +266,11 @@ class Daemon:
             # so their NULL peers are never sent to it).
             self._authenticator = AsyncioAuthenticator(self.context)
             self._authenticator.start()
-            keys.allow_clients(self._authenticator)
+            if self.dask is not None:  # the clients, and one key per run on the cluster
+                self.run_keys.clients = keys.allowed_keys()
+                self._authenticator.configure_curve_callback("*", self.run_keys)
+            else:
+                keys.allow_clients(self._authenticator)
         kinds = {"control": zmq.ROUTER, "ingest": zmq.PULL, "events": zmq.PUB}
         sockets = {}
         for offset, (name, kind) in enumerate(kinds.items()):
@@ -315,6 +326,20 @@ class Daemon:
                 "pick another --port (0 picks free ports)"
             ) from None
         return socket.last_endpoint.decode()
+
+    def _dask_launcher(self) -> DaskLauncher | None:
+        """The Dask launcher when runs go to a cluster (None: local workers)."""
+        if self.dask is None:
+            return None
+        assert self.pipeline is not None and self.curve is not None
+        control = self.endpoints["control"]
+        host = self.options.host
+        if host in ("0.0.0.0", "::", "*"):  # bound everywhere: give workers a dialable name
+            control = control.replace(f"//{host}:", f"//{getfqdn()}:", 1)
+        daemon = DaemonSide(control, self.curve.public.decode())
+        return DaskLauncher(
+            self.dask, self.pipeline, daemon, self.run_keys, self.options.dask_data_dir
+        )
 
     # -- serving ---------------------------------------------------------------
 

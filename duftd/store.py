@@ -85,6 +85,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN events_lost INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: the Dask worker and host a run placed on a cluster ran on (--launcher dask).
+    """
+    ALTER TABLE runs ADD COLUMN dask_worker TEXT;
+    ALTER TABLE runs ADD COLUMN host TEXT;
+    """,
 )
 # Retention deletes at most this many events per transaction, so the event writer and
 # submits wait for one short batch at a time, never for a whole pass.
@@ -93,10 +98,13 @@ RETENTION_BATCH_RUNS = 100
 
 RUN_COLUMNS = (
     "id, task_id, state, requested_by, params, ignored, created_at, started_at, ended_at, "
-    "exit_code, reason, error_count, warning_count, pid, output, worker_id, events_lost"
+    "exit_code, reason, error_count, warning_count, pid, output, worker_id, events_lost, "
+    "dask_worker, host"
 )
 UPDATABLE = frozenset(
     {
+        "dask_worker",
+        "host",
         "state",
         "started_at",
         "ended_at",

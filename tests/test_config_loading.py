@@ -415,6 +415,35 @@ def test_bad_timeout_is_an_error_and_good_one_loads(tmp_path: Path) -> None:
     assert find(config, task_id="B", field="timeoutSeconds", severity="error")
 
 
+def test_resources_are_checked_at_load(tmp_path: Path) -> None:
+    """resources (Dask resources a run needs) load as positive amounts by name; a
+    non-object, a bad amount or a bad name makes the task not runnable, named by field."""
+    config = minimal(
+        tmp_path,
+        [
+            task("A", resources={"memory_gb": 8, "GPU": 1}),
+            task("B", resources=[8]),
+            task("C", resources={"memory_gb": -1}),
+            task("D", resources={"memory_gb": True}),
+            task("E", resources={"my gpu": 1}),
+        ],
+        scripts=("t.py",),
+    )
+    assert config.tasks["A"].resources == {"memory_gb": 8.0, "GPU": 1.0}
+    assert config.tasks["A"].runnable
+    for tid, field in [
+        ("B", "resources"),
+        ("C", "resources.memory_gb"),
+        ("D", "resources.memory_gb"),
+        ("E", "resources"),
+    ]:
+        assert not config.tasks[tid].runnable, tid
+        (error,) = find(config, task_id=tid, field=field, severity="error")
+        assert "resource" in error.message
+    assert "positive number, found -1" in find(config, task_id="C")[0].message
+    assert "contains a space" in find(config, task_id="E")[0].message
+
+
 def test_missing_optional_files_are_fine(tmp_path: Path) -> None:
     """No data_connections.json and no user/config.json load silently as empty."""
     config = minimal(tmp_path, [task("T")], scripts=("t.py",))

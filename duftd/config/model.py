@@ -70,6 +70,8 @@ class TaskSpec(_Model):
         default_factory=dict, alias="supportedParameters"
     )
     timeout_seconds: float | None = Field(None, alias="timeoutSeconds")
+    # Dask resources a run needs on the worker it is placed on (``--launcher dask``).
+    resources: dict[str, float] = Field(default_factory=dict)
     source_file: Path
     source_line: int | None = None  # where the entry starts in source_file
     data_tasks_dir: Path

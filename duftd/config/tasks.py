@@ -29,7 +29,7 @@ from duftd.config.source import JsonDoc, Reporter, Where, json_type, keep_extra,
 
 TASK_FIELDS = {
     "id", "name", "description", "pythonFile", "hideInUI", "executeFromRoot",
-    "dataConnections", "supportedParameters", "timeoutSeconds",
+    "dataConnections", "supportedParameters", "timeoutSeconds", "resources",
 }  # fmt: skip
 PARAMETER_FIELDS = {"title", "description", "defaultValue", "allowOverride", "promptUser"}
 SCRIPT_KINDS = {".py": "script", ".ipynb": "notebook"}
@@ -173,6 +173,7 @@ class _TaskBuilder:
             data_connections=self.connections(),
             supported_parameters=self.parameters(),
             timeout_seconds=self.timeout(),
+            resources=self.resources(),
             source_file=self.path,
             source_line=self.where[0],
             data_tasks_dir=folder,
@@ -280,3 +281,28 @@ class _TaskBuilder:
             self.error("timeoutSeconds", message)
             return None
         return float(value)
+
+    def resources(self) -> dict[str, float]:
+        """Dask resources (``{"memory_gb": 8}``): names with positive amounts."""
+        value = self.raw.get("resources")
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            message = (
+                "resources must be an object of resource names and amounts "
+                f'(e.g. {{"memory_gb": 8}}), found {json_type(value)}'
+            )
+            self.error("resources", message)
+            return {}
+        amounts: dict[str, float] = {}
+        for name, amount in value.items():
+            number = isinstance(amount, int | float) and not isinstance(amount, bool)
+            problem = name_problem(name) if name else "is empty"
+            if problem:
+                self.error("resources", f"resource name {name!r} {problem}")
+            elif not number or not math.isfinite(amount) or amount <= 0:
+                message = f"resource {name!r} must be a positive number, found {amount!r}"
+                self.error(f"resources.{name}", message)
+            else:
+                amounts[name] = float(amount)
+        return amounts

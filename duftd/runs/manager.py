@@ -32,15 +32,17 @@ from duftd.config import (
 from duftd.errors import ShuttingDownError, StorageFullError, UnknownRunError
 from duftd.ingest import RunLink
 from duftd.pipeline import EventPipeline, RunChannel, is_storage_full
+from duftd.runs.launchers import Launcher, LocalLauncher
 from duftd.runs.run import LiveRun, WorkerEndpoints, mask_notebook
-from duftd.runs.supervisor import Limits, Outcome, RunSupervisor
-from duftd.runs.workers import SparePool, Worker, start_worker
+from duftd.runs.supervisor import Limits, Outcome
 from duftd.store import Store
 
 log = structlog.get_logger("duftd.runs")
 
 __all__ = ["RunManager", "WorkerEndpoints"]
 
+# Where a run's worker runs, in its `running` state event and its record.
+PLACEMENT = ("pid", "dask_worker", "host")
 # On stop, how long recording the cancelled runs may take beyond the cancel grace.
 SHUTDOWN_RECORD_S = 3.0
 
@@ -59,6 +61,7 @@ class RunManager:
         max_concurrent: int,
         cancel_grace_s: float = 5.0,
         spares: bool = True,
+        launcher: Launcher | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -81,15 +84,9 @@ class RunManager:
                 wire.ENV_CONFIG_DIR: str(config.root),
             }
         )
-        self._worker_env = known_ahead
-        self._spares = {
-            kind: SparePool(kind, known_ahead, config.root, spares)
-            for kind in ("script", "notebook")
-        }
-
-    def start_spares(self) -> None:
-        for pool in self._spares.values():
-            pool.start()
+        self.launcher: Launcher = launcher or LocalLauncher(
+            pipeline, known_ahead, config.root, spares
+        )
 
     # -- queries ---------------------------------------------------------------
 
@@ -220,13 +217,14 @@ class RunManager:
         await asyncio.shield(self._finish(run, outcome))
 
     async def _supervise(self, run: LiveRun) -> Outcome:
+        limits = Limits(run.task.timeout_seconds, self.cancel_grace_s)
         try:
             job = run.job(self.endpoints)
-            worker = await self._worker_for(run.task.kind)
+            supervisor = await self.launcher.place(run, limits)
         except OSError as error:
             return Outcome(State.FAILED, None, f"worker did not start: {error}")
-        run.worker_id = worker.worker_id
-        output = run.output_path
+        run.worker_id = supervisor.worker_id
+        output = run.output_path if self.launcher.keeps_output else None
         try:
             await self._transition(
                 run,
@@ -235,18 +233,17 @@ class RunManager:
                 output=str(output) if output else None,
             )
         except BaseException:
-            worker.discard()
+            supervisor.discard()
             raise
-        limits = Limits(run.task.timeout_seconds, self.cancel_grace_s)
-        supervisor = RunSupervisor(worker, limits, self.pipeline, run.link)
-        try:
-            await supervisor.start(job)
-        except OSError as error:
-            return Outcome(State.FAILED, None, f"worker did not start: {error}")
         run.supervisor = supervisor
-        await self._transition(run, State.RUNNING, pid=supervisor.pid, started_at=time.time())
         if run.cancel_reason:
             supervisor.stop(State.CANCELLED, run.cancel_reason)
+        try:
+            placement = await supervisor.start(job)
+        except OSError as error:
+            return Outcome(State.FAILED, None, f"worker did not start: {error}")
+        if placement is not None:
+            await self._transition(run, State.RUNNING, started_at=time.time(), **placement)
         outcome = await supervisor.wait()
         if supervisor.abandoned_pipes:
             self._emit(
@@ -260,13 +257,6 @@ class RunManager:
             )
         return outcome
 
-    async def _worker_for(self, kind: str) -> Worker:
-        """A warm spare of the task's kind when one is ready, else one started now."""
-        spare = self._spares[kind].take()
-        if spare is not None:
-            return spare
-        return await start_worker(kind, self._worker_env, self.config.root)
-
     # -- state -----------------------------------------------------------------
 
     def _emit(self, run: LiveRun, kind: str, data: dict[str, Any]) -> None:
@@ -277,7 +267,7 @@ class RunManager:
         self._emit(run, Kind.STATE, {"state": state, **(extra or {})})
 
     async def _transition(self, run: LiveRun, state: str, **fields: Any) -> None:
-        self._emit_state(run, state, {k: v for k, v in fields.items() if k == "pid"})
+        self._emit_state(run, state, {k: v for k, v in fields.items() if k in PLACEMENT})
         await self.pipeline.write(lambda: self.store.update_run(run.id, state=state, **fields))
 
     async def _finish(self, run: LiveRun, outcome: Outcome) -> None:
@@ -375,8 +365,7 @@ class RunManager:
             await asyncio.wait_for(self._stop_all(reason), self.cancel_grace_s + SHUTDOWN_RECORD_S)
         except TimeoutError:
             log.error("stopping without recording every run: the store cannot take it now")
-        for pool in self._spares.values():
-            await pool.close()
+        await self.launcher.close()
 
     async def _stop_all(self, reason: str) -> None:
         for run in list(self._live.values()):

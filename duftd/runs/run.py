@@ -12,7 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dte_tools import wire
 from dte_tools.job import Job
@@ -21,7 +21,9 @@ from dte_tools.wire import State
 from duftd.config import LoadedConfig, TaskSpec, secret_values
 from duftd.ingest import RunLink
 from duftd.runs.root_layout import prepare_root_copy
-from duftd.runs.supervisor import RunSupervisor
+
+if TYPE_CHECKING:
+    from duftd.runs.launchers import Placed
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class LiveRun:
     link: RunLink
     folder: Path  # the run's own folder in the state folder
     state: str = State.QUEUED
-    supervisor: RunSupervisor | None = None
+    supervisor: Placed | None = None
+    data_dir: Path | None = None  # on its Dask worker, for a run placed there
     cancel_reason: str | None = None
     worker_id: str = ""  # in the environment of every process of the run
     finished: asyncio.Event = field(default_factory=asyncio.Event)

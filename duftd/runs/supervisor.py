@@ -62,8 +62,17 @@ class RunSupervisor:
         """The worker's pid (also its process group id)."""
         return self._worker.process.pid
 
-    async def start(self, job: Job) -> None:
-        """Read the worker's pipes into the run and hand it its job."""
+    @property
+    def worker_id(self) -> str:
+        return self._worker.worker_id
+
+    def discard(self) -> None:
+        """End the worker before it was given its job."""
+        self._worker.discard()
+
+    async def start(self, job: Job) -> dict[str, Any]:
+        """Read the worker's pipes into the run and hand it its job; the run record's
+        ``pid``."""
         worker = self._worker
         self._input.start(worker.stdout, worker.stderr, worker.channels)
         try:
@@ -74,6 +83,7 @@ class RunSupervisor:
             self._input.close()
             self._worker.tidy()
             raise OSError(f"the worker went away before its run: {error}") from None
+        return {"pid": self.pid}
 
     def stop(self, state: str, reason: str) -> None:
         """Ask the run to end with ``state`` (cancelled, or failed on timeout)."""
@@ -123,37 +133,45 @@ class RunSupervisor:
             await exited
 
     def _judge(self, code: int | None) -> Outcome:
-        """The run's outcome, from how it was stopped, its exit, and what it reported."""
-        if self._stop_reason is not None:
-            state, reason = self._stop_reason
-            if self.stopped_by:
-                reason = f"{reason} (stopped with {self.stopped_by})"
-            return Outcome(state, code, reason, {"stopped_by": self.stopped_by})
-        failure = self._link.failure
-        if code != 0 and failure is not None:  # a notebook's failing cell, as its runner saw it
-            return Outcome(
-                State.FAILED,
-                code,
-                f"cell {failure['cell_index']} raised {failure['ename']}: {failure['evalue']}",
-                {"cell_index": failure["cell_index"], "traceback": failure["traceback"]},
-            )
-        if code == 0:
-            return Outcome(State.SUCCEEDED, 0)
-        tail = self._traceback_tail()
-        if code is not None and code < 0:
-            summary = f"killed by signal {-code}"
-            with contextlib.suppress(ValueError):
-                summary = f"killed by signal {signal.Signals(-code).name}"
-        else:
-            summary = f"exit code {code}"
-        if tail:
-            summary = f"{summary}: {tail[-1]}"
-        return Outcome(State.FAILED, code, "\n".join([summary, *tail[:-1]]), {"traceback": tail})
+        return judge(self._link, code, self._stop_reason, self.stopped_by)
 
-    def _traceback_tail(self) -> list[str]:
-        """The last lines of the last traceback on stderr (or of stderr itself)."""
-        lines = list(self._link.stderr_tail)
-        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
-        if starts:
-            lines = lines[starts[-1] :]
-        return [line for line in lines if line.strip()][-REASON_TRACEBACK_LINES:]
+
+def judge(
+    link: RunLink, code: int | None, stop: tuple[str, str] | None, stopped_by: str | None
+) -> Outcome:
+    """A run's outcome, from how it was stopped (``stop``: final state and reason), its
+    exit code, and what it reported (a notebook's failing cell, its stderr)."""
+    if stop is not None:
+        state, reason = stop
+        if stopped_by:
+            reason = f"{reason} (stopped with {stopped_by})"
+        return Outcome(state, code, reason, {"stopped_by": stopped_by})
+    failure = link.failure
+    if code != 0 and failure is not None:  # a notebook's failing cell, as its runner saw it
+        return Outcome(
+            State.FAILED,
+            code,
+            f"cell {failure['cell_index']} raised {failure['ename']}: {failure['evalue']}",
+            {"cell_index": failure["cell_index"], "traceback": failure["traceback"]},
+        )
+    if code == 0:
+        return Outcome(State.SUCCEEDED, 0)
+    tail = _traceback_tail(link)
+    if code is not None and code < 0:
+        summary = f"killed by signal {-code}"
+        with contextlib.suppress(ValueError):
+            summary = f"killed by signal {signal.Signals(-code).name}"
+    else:
+        summary = f"exit code {code}"
+    if tail:
+        summary = f"{summary}: {tail[-1]}"
+    return Outcome(State.FAILED, code, "\n".join([summary, *tail[:-1]]), {"traceback": tail})
+
+
+def _traceback_tail(link: RunLink) -> list[str]:
+    """The last lines of the last traceback on stderr (or of stderr itself)."""
+    lines = list(link.stderr_tail)
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        lines = lines[starts[-1] :]
+    return [line for line in lines if line.strip()][-REASON_TRACEBACK_LINES:]
