@@ -32,7 +32,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
-from dte_tools.channel import MAX_RECORD_BYTES
+from dte_tools.channel import LAST_PIECE, MAX_RECORD_BYTES, PIECE
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, RUN_SIGNER_PREFIX, Kind, verify
 from duftd.pipeline import EventPipeline, RunChannel
 
@@ -55,6 +55,10 @@ COALESCE_S = 0.001
 # process that escaped every kill: reading stops, and the run records it.
 ABANDON_IDLE_S = 5.0
 STDERR_TAIL_LINES = 40
+PIECE_TAGS = (PIECE, LAST_PIECE)
+# Processes of one run writing long records at the same moment; past this, memory is
+# bounded by refusing (and counting) the record.
+MAX_PIECE_WRITERS = 16
 # The record a task's log call or plain output line writes (dte_tools.channel.encode_record),
 # recognised without decoding it: a finite time and text of printable ASCII without
 # escapes, so the data is already strict JSON and is stored as the task encoded it.
@@ -199,6 +203,9 @@ class RunInput:
         self._link = link
         self._readers: list[asyncio.Task[None]] = []
         self._progress = 0  # reads so far: tells a silent pipe from a busy one
+        # Pieces of long records (see dte_tools.channel), by writer, until its last piece.
+        self._pieces: dict[bytes, bytearray] = {}
+        self._refusing: set[bytes] = set()  # writers whose record grew too long to keep
 
     def start(self, stdout: int, stderr: int, channels: list[int]) -> None:
         """Read the given pipes (their reading ends; each is closed at its end)."""
@@ -219,8 +226,16 @@ class RunInput:
             if pending and seen == self._progress and not self._pipeline.backlogged:
                 self.close()
                 await asyncio.wait(pending)
+                self._unfinished_pieces()
                 return len(pending)
+        self._unfinished_pieces()
         return 0
+
+    def _unfinished_pieces(self) -> None:
+        """A writer that died between the pieces of a record: that record is lost."""
+        for _ in self._pieces:
+            self._lost("incomplete")
+        self._pieces.clear()
 
     def close(self) -> None:
         """Stop reading now (a pipe not at its end yet is closed)."""
@@ -275,6 +290,10 @@ class RunInput:
         emit = self._pipeline.emit_encoded
         link = self._link
         for line in block.split(b"\n"):
+            if line[:1] in PIECE_TAGS:
+                line = self._piece(line)
+                if line is None:
+                    continue
             match = plain(line)
             if match is not None:
                 kind, ts, data, level, text = match.groups()
@@ -288,6 +307,25 @@ class RunInput:
             if kind == b"stderr":
                 link.stderr_tail.append(text.decode())
             emit(link.channel, kind.decode(), data.decode(), float(ts), level and level.decode())
+
+    def _piece(self, line: bytes) -> bytes | None:
+        """Hold a piece of a long record; its writer's last piece gives the whole record."""
+        writer, _, chunk = line[1:].partition(b":")
+        last = line[:1] == LAST_PIECE
+        if writer in self._refusing:
+            if last:
+                self._refusing.discard(writer)
+            return None
+        held = self._pieces.setdefault(writer, bytearray())
+        held += chunk
+        if last:
+            del self._pieces[writer]
+            return bytes(held)
+        if len(held) > MAX_RECORD_BYTES or len(self._pieces) > MAX_PIECE_WRITERS:
+            del self._pieces[writer]
+            self._refusing.add(writer)
+            self._lost("oversized")
+        return None
 
     def _record(self, line: bytes) -> Any:
         try:
