@@ -119,11 +119,12 @@ UPDATABLE = frozenset(
     }
 )
 EventRow = tuple[int, int, float, str, str]
-# Event rows per INSERT statement. sqlite3 lets go of the GIL for every statement step and
-# then waits to take it back from a busy event loop (up to the 5 ms switch interval), so
-# executemany, one step per row, made a 500-event batch crawl under a flood; one statement
-# per 100 rows steps 5 times. Up to 100 the statements of each length stay in the cache.
-ROWS_PER_INSERT = 100
+# Event rows per INSERT statement (the pipeline's whole batch). sqlite3 lets go of the GIL
+# for every statement step and then waits to take it back from a busy event loop (up to
+# the 5 ms switch interval), so executemany, one step per row, made a 500-event batch
+# crawl under a flood; one statement steps once, and is one hand-over to the store's
+# thread. A flood's full batches reuse one cached statement.
+ROWS_PER_INSERT = 500
 
 
 @functools.cache
