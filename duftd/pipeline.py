@@ -137,19 +137,21 @@ class EventPipeline:
 
     def emit(self, channel: RunChannel, kind: str, data: dict[str, Any], ts: float) -> None:
         """Queue one event; the writer stores and publishes it shortly."""
-        self._pending.append((channel, ts, kind, data))
-        if kind == Kind.LOG:
-            channel.counts[data.get("level", "info")] += 1
-        self._idle.clear()
-        self._wake.set()
-        if len(self._pending) >= BACKLOG_LIMIT:
-            self._below_limit.clear()
+        self.emit_encoded(
+            channel, kind, data, ts, data.get("level", "info") if kind == Kind.LOG else None
+        )
 
     def emit_encoded(
-        self, channel: RunChannel, kind: str, data_json: str, ts: float, level: str | None
+        self,
+        channel: RunChannel,
+        kind: str,
+        data: dict[str, Any] | str,
+        ts: float,
+        level: str | None,
     ) -> None:
-        """Queue one event whose data is already strict JSON (``level`` for a log line)."""
-        self._pending.append((channel, ts, kind, data_json))
+        """Queue one event whose data may already be strict JSON text (``level`` for a log
+        line, which the run counts)."""
+        self._pending.append((channel, ts, kind, data))
         if level is not None:
             channel.counts[level] += 1
         self._idle.clear()
