@@ -167,40 +167,50 @@ class RunWatcher:
         self.until_final(run["id"])
 
     def until_final(self, run_id: int, timeout: float = 120.0) -> dict[str, Any]:
-        """Receive until the run's final state; returns first-log time and counts."""
+        """Receive until the run's final state, then fetch from the store whatever the live
+        stream missed (a subscriber this far behind loses messages past duftd's PUB
+        high-water mark), as a real client does; returns first-log time and counts."""
         first_log = None
-        logs = 0
+        received: dict[int, str] = {}  # seq -> kind
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.socket.poll(1000):
-                # A subscriber this far behind lost live messages (duftd's PUB high-water
-                # mark): the store says whether the run is over.
                 run = self.daemon.request(Op.RUN, run=run_id)["run"]
                 if run["state"] in FINAL_STATES:
-                    now = time.perf_counter()
-                    return {
-                        "first_log": first_log,
-                        "final": now,
-                        "logs": logs,
-                        "state": run["state"],
-                    }
+                    return self._complete(run_id, received, first_log, run["state"])
                 continue
             _, body = self.socket.recv_multipart()
             now = time.perf_counter()
             for event in json.loads(body):
                 if event["run_id"] != run_id:
                     continue
+                received[event["seq"]] = event["kind"]
                 if event["kind"] == Kind.LOG:
-                    logs += 1
                     first_log = first_log or now
                 if event["kind"] == Kind.STATE and event["data"]["state"] in FINAL_STATES:
-                    return {
-                        "first_log": first_log,
-                        "final": now,
-                        "logs": logs,
-                        "state": event["data"]["state"],
-                    }
+                    return self._complete(run_id, received, first_log, event["data"]["state"])
         raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
+
+    def _complete(
+        self, run_id: int, received: dict[int, str], first_log: float | None, state: str
+    ) -> dict[str, Any]:
+        live = sum(kind == Kind.LOG for kind in received.values())
+        after = next(seq for seq in range(1, len(received) + 2) if seq not in received) - 1
+        while True:  # the store's events from the first one missed live on
+            page = self.daemon.request(Op.EVENTS, run=run_id, after=after, limit=10_000)
+            for event in page["events"]:
+                received.setdefault(event["seq"], event["kind"])
+                after = event["seq"]
+            if page["final"]:
+                break
+        logs = sum(kind == Kind.LOG for kind in received.values())
+        return {
+            "first_log": first_log,
+            "final": time.perf_counter(),
+            "logs": logs,
+            "backfilled": logs - live,
+            "state": state,
+        }
 
     def close(self) -> None:
         self.context.destroy(linger=0)

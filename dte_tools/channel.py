@@ -3,10 +3,14 @@
 duftd creates one pipe per worker process and keeps its reading end; the worker is
 started holding the writing end. Each event is one record, a line of JSON
 ``[kind, ts, data]`` (JSON has no raw newline), written with a synchronous ``os.write``
-under a per-process lock. When :meth:`EventChannel.emit` returns, the bytes are in the
-kernel's pipe buffer, which belongs to duftd: whatever the process does next (``os._exit``,
-SIGKILL, a crash of the interpreter) they are read and stored. A full pipe blocks the
-writer: a task that logs faster than duftd stores is slowed down, never cut short.
+under a per-process lock. Other processes may share the pipe (a forked child, a program
+the task started): a write of up to ``PIPE_BUF`` bytes is never mixed with another's, so a
+longer record goes as pieces of that size, each a line ``+PID:...`` (``=PID:...`` the last),
+which duftd puts back together per writer. When :meth:`EventChannel.emit` returns, the
+bytes are in the kernel's pipe buffer, which belongs to duftd: whatever the process does
+next (``os._exit``, SIGKILL, a crash of the interpreter) they are read and stored. A full
+pipe blocks the writer: a task that logs faster than duftd stores is slowed down, never
+cut short.
 
 The task's own ``sys.stdout``/``sys.stderr`` writes go through the same channel
 (:class:`ChannelStream`), so a log line and a traceback are stored in the order the task
@@ -21,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import sys
 import threading
 import time
@@ -35,6 +40,9 @@ MAX_RECORD_BYTES = 1024 * 1024
 MAX_FIELD_CHARS = MAX_RECORD_BYTES // 8
 # A longer stdout/stderr line is sent in pieces of this many characters.
 LINE_PIECE_CHARS = 64 * 1024
+# Writes of up to this many bytes into a pipe are atomic (POSIX), whoever else writes.
+PIPE_BUF = select.PIPE_BUF
+PIECE, LAST_PIECE = b"+", b"="
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _string = json.encoder.encode_basestring_ascii
@@ -65,6 +73,19 @@ def _encode(data: dict[str, Any]) -> str:
     return _ENCODER.encode(data)
 
 
+def pieces(record: bytes) -> list[bytes]:
+    """A record longer than ``PIPE_BUF`` as lines of at most ``PIPE_BUF`` bytes, each tagged
+    with this process's id (``+`` continued, ``=`` the last) for duftd to join."""
+    pid = b"%d:" % os.getpid()
+    size = PIPE_BUF - len(pid) - 2  # the tag and the newline
+    body = record[:-1]  # without its newline
+    chunks = [body[start : start + size] for start in range(0, len(body), size)]
+    return [
+        (LAST_PIECE if n == len(chunks) - 1 else PIECE) + pid + chunk + b"\n"
+        for n, chunk in enumerate(chunks)
+    ]
+
+
 def cut_field(value: Any) -> Any:
     """A text field short enough to travel (its head and a note), anything else as it is."""
     if not isinstance(value, str) or len(value) <= MAX_FIELD_CHARS:
@@ -81,15 +102,23 @@ class EventChannel:
         self.broken = False  # duftd closed its end: nobody is left to store anything
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
-        record = memoryview(encode_record(kind, data))
+        record = encode_record(kind, data)
         with self._lock:
             if self.broken:
                 return
             try:
-                while record:
-                    record = record[os.write(self._fd, record) :]
+                if len(record) <= PIPE_BUF:
+                    self._write(record)
+                else:
+                    for piece in pieces(record):
+                        self._write(piece)
             except (BrokenPipeError, OSError):
                 self.broken = True
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def after_fork(self) -> None:
         """A forked child gets a fresh lock (the parent's may have been held by another thread)."""

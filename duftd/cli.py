@@ -16,6 +16,11 @@ from duftd.logs import configure
 from duftd.runs.launchers import LAUNCHERS
 from duftd.server import DEFAULT_HOST, DEFAULT_PORT, DaemonOptions, run_daemon
 
+# How long a thread holding the GIL keeps it while another waits (Python's default: 5 ms).
+# The store's threads need it back after every SQLite call; behind a loop busy with an
+# event flood each hand-over waited up to the full interval.
+SWITCH_INTERVAL_S = 0.0005
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="duftd", description="The DUFT Data Task Engine daemon.")
@@ -164,6 +169,7 @@ async def _main(options: DaemonOptions) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure(args.log_level)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         asyncio.run(_main(options_from(args)))
     except DuftError as error:

@@ -21,6 +21,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
-from dte_tools.channel import MAX_RECORD_BYTES
+from dte_tools.channel import LAST_PIECE, MAX_RECORD_BYTES, PIECE
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, RUN_SIGNER_PREFIX, Kind, verify
 from duftd.pipeline import EventPipeline, RunChannel
 
@@ -45,7 +46,7 @@ WORKER_KINDS = frozenset(
     {Kind.LOG, Kind.PROGRESS, Kind.STDOUT, Kind.STDERR, Kind.CELL, Kind.NOTICE, Kind.FAILURE}
 )
 # Bytes taken from a pipe at a time; also what its reader buffers before the pipe is paused.
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 16 * 1024
 # Longest stdout/stderr line kept whole; a longer one arrives in pieces.
 LINE_LIMIT = 64 * 1024
 # How long a reader waits after a short read, so records arrive in batches.
@@ -54,6 +55,18 @@ COALESCE_S = 0.001
 # process that escaped every kill: reading stops, and the run records it.
 ABANDON_IDLE_S = 5.0
 STDERR_TAIL_LINES = 40
+PIECE_TAGS = (PIECE, LAST_PIECE)
+# Processes of one run writing long records at the same moment; past this, memory is
+# bounded by refusing (and counting) the record.
+MAX_PIECE_WRITERS = 16
+# The record a task's log call or plain output line writes (dte_tools.channel.encode_record),
+# recognised without decoding it: a finite time and text of printable ASCII without
+# escapes, so the data is already strict JSON and is stored as the task encoded it.
+# Anything else (escapes, other kinds, odd spacing) is decoded and checked in full.
+_PLAIN_RECORD = re.compile(
+    rb'\["(log|stdout|stderr)",(\d{1,12}\.\d{1,9}),'
+    rb'(\{(?:"level":"(info|warning|error)","message"|"text"):"([^"\\\x00-\x1f\x7f-\xff]*)"\})\]'
+)
 
 
 @dataclass(eq=False)
@@ -190,6 +203,9 @@ class RunInput:
         self._link = link
         self._readers: list[asyncio.Task[None]] = []
         self._progress = 0  # reads so far: tells a silent pipe from a busy one
+        # Pieces of long records (see dte_tools.channel), by writer, until its last piece.
+        self._pieces: dict[bytes, bytearray] = {}
+        self._refusing: set[bytes] = set()  # writers whose record grew too long to keep
 
     def start(self, stdout: int, stderr: int, channels: list[int]) -> None:
         """Read the given pipes (their reading ends; each is closed at its end)."""
@@ -210,8 +226,16 @@ class RunInput:
             if pending and seen == self._progress and not self._pipeline.backlogged:
                 self.close()
                 await asyncio.wait(pending)
+                self._unfinished_pieces()
                 return len(pending)
+        self._unfinished_pieces()
         return 0
+
+    def _unfinished_pieces(self) -> None:
+        """A writer that died between the pieces of a record: that record is lost."""
+        for _ in self._pieces:
+            self._lost("incomplete")
+        self._pieces.clear()
 
     def close(self) -> None:
         """Stop reading now (a pipe not at its end yet is closed)."""
@@ -260,17 +284,48 @@ class RunInput:
             os.close(fd)
 
     def _records(self, block: bytes) -> None:
-        """Records, one a line; the common case is parsed in one call."""
-        lines = block.split(b"\n")
-        try:
-            items = json.loads(b"[" + b",".join(lines) + b"]")
-        except (ValueError, RecursionError):
-            items = None
-        if items is None or len(items) != len(lines):
-            items = [self._record(line) for line in lines]
-        for item in items:
-            if item is not None and not accept(self._pipeline, self._link, item):
-                self._lost("bad_event")
+        """Records, one a line; plain log and output lines (the flood case) are taken as
+        they are, the rest decoded one by one."""
+        plain = _PLAIN_RECORD.fullmatch
+        emit = self._pipeline.emit_encoded
+        link = self._link
+        for line in block.split(b"\n"):
+            if line[:1] in PIECE_TAGS:
+                line = self._piece(line)
+                if line is None:
+                    continue
+            match = plain(line)
+            if match is not None:
+                kind, ts, data, level, text = match.groups()
+                if (level is None) == (kind == b"log"):  # a log's data is level and message
+                    match = None
+            if match is None:
+                item = self._record(line)
+                if item is not None and not accept(self._pipeline, link, item):
+                    self._lost("bad_event")
+                continue
+            if kind == b"stderr":
+                link.stderr_tail.append(text.decode())
+            emit(link.channel, kind.decode(), data.decode(), float(ts), level and level.decode())
+
+    def _piece(self, line: bytes) -> bytes | None:
+        """Hold a piece of a long record; its writer's last piece gives the whole record."""
+        writer, _, chunk = line[1:].partition(b":")
+        last = line[:1] == LAST_PIECE
+        if writer in self._refusing:
+            if last:
+                self._refusing.discard(writer)
+            return None
+        held = self._pieces.setdefault(writer, bytearray())
+        held += chunk
+        if last:
+            del self._pieces[writer]
+            return bytes(held)
+        if len(held) > MAX_RECORD_BYTES or len(self._pieces) > MAX_PIECE_WRITERS:
+            del self._pieces[writer]
+            self._refusing.add(writer)
+            self._lost("oversized")
+        return None
 
     def _record(self, line: bytes) -> Any:
         try:

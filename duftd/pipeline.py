@@ -125,6 +125,7 @@ class EventPipeline:
     def __init__(self, store: Store, publisher: Publisher) -> None:
         self._store = store
         self._publisher = publisher
+        # (channel, ts, kind, data): data is a dict, or its JSON when a worker sent it ready.
         self._pending: list[tuple[RunChannel, float, str, Any] | _Write] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -135,9 +136,23 @@ class EventPipeline:
 
     def emit(self, channel: RunChannel, kind: str, data: dict[str, Any], ts: float) -> None:
         """Queue one event; the writer stores and publishes it shortly."""
+        self.emit_encoded(
+            channel, kind, data, ts, data.get("level", "info") if kind == Kind.LOG else None
+        )
+
+    def emit_encoded(
+        self,
+        channel: RunChannel,
+        kind: str,
+        data: dict[str, Any] | str,
+        ts: float,
+        level: str | None,
+    ) -> None:
+        """Queue one event whose data may already be strict JSON text (``level`` for a log
+        line, which the run counts)."""
         self._pending.append((channel, ts, kind, data))
-        if kind == Kind.LOG:
-            channel.counts[data.get("level", "info")] += 1
+        if level is not None:
+            channel.counts[level] += 1
         self._idle.clear()
         self._wake.set()
         if len(self._pending) >= BACKLOG_LIMIT:
@@ -221,7 +236,7 @@ class EventPipeline:
         for channel, ts, kind, data in batch:
             channel.last_seq += 1
             seq = channel.last_seq
-            text = _encode(data)
+            text = data if type(data) is str else _encode(data)
             if channel.redactor:
                 text = channel.redact(text)
             rows.append((channel.run_id, seq, ts, kind, text))

@@ -10,9 +10,12 @@ one module that speaks SQL.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,21 @@ UPDATABLE = frozenset(
     }
 )
 EventRow = tuple[int, int, float, str, str]
+# Event rows per INSERT statement (the pipeline's whole batch). sqlite3 lets go of the GIL
+# for every statement step and then waits to take it back from a busy event loop (up to
+# the 5 ms switch interval), so executemany, one step per row, made a 500-event batch
+# crawl under a flood; one statement steps once, and is one hand-over to the store's
+# thread. A flood's full batches reuse one cached statement.
+ROWS_PER_INSERT = 500
+
+
+@functools.cache
+def _insert_events_sql(rows: int) -> str:
+    return "INSERT INTO events (run_id, seq, ts, kind, data) VALUES " + ",".join(
+        ["(?, ?, ?, ?, ?)"] * rows
+    )
+
+
 # Runs one write (a coroutine function) and returns its result: the daemon passes its one
 # writer's, so that retention's transactions take turns with the events'.
 Writer = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -143,6 +161,11 @@ class Store:
         # Queries get their own connection (and thread): under WAL they read committed data
         # without queueing behind the event writer's batches.
         self._read = reader
+        # One run by its id is read on the loop itself: the lookup takes tens of
+        # microseconds, where the hand-over to the reader's thread and back waited for the
+        # GIL and a loop turn (get-run p99 10-30 ms while two tasks flood events).
+        self._lookup = sqlite3.connect(path, check_same_thread=False)
+        self._lookup.row_factory = sqlite3.Row
         self.path = path
         # Runs from this id on may have finished since the last retention pass.
         self._retention_from_id = 0
@@ -175,6 +198,7 @@ class Store:
             )
 
     async def close(self) -> None:
+        self._lookup.close()
         await self._read.close()
         await self._db.close()
 
@@ -221,14 +245,11 @@ class Store:
             f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id)
         )
 
-    async def _commit(self, sql: str, args: Sequence[Any], many: bool = False) -> Any:
+    async def _commit(self, sql: str, args: Sequence[Any]) -> Any:
         """One statement in its own transaction, rolled back if it fails (a full disk), so
         the next write starts clean. Only the pipeline's writer task calls the writers."""
         try:
-            if many:
-                cursor = await self._db.executemany(sql, args)
-            else:
-                cursor = await self._db.execute(sql, args)
+            cursor = await self._db.execute(sql, args)
             await self._db.commit()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -236,8 +257,22 @@ class Store:
             raise
         return cursor
 
+    async def _commit_all(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
+        """Several statements in one transaction, rolled back if any fails."""
+        try:
+            for sql, args in statements:
+                await self._db.execute(sql, args)
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            raise
+
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
-        return await self._fetch_run(self._read, run_id)
+        row = self._lookup.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        return _run_dict(row) if row else None
 
     @staticmethod
     async def _fetch_run(db: aiosqlite.Connection, run_id: int) -> dict[str, Any] | None:
@@ -277,11 +312,13 @@ class Store:
 
     async def insert_events(self, rows: Sequence[EventRow]) -> None:
         """Store a batch of ``(run_id, seq, ts, kind, data_json)`` rows in one commit."""
-        await self._commit(
-            "INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
-            rows,
-            many=True,
-        )
+        statements = [
+            (_insert_events_sql(len(chunk)), list(chain.from_iterable(chunk)))
+            for chunk in (
+                rows[i : i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT)
+            )
+        ]
+        await self._commit_all(statements)
 
     async def events_after(self, run_id: int, after: int, limit: int) -> list[dict[str, Any]]:
         async with self._read.execute(

@@ -285,6 +285,92 @@ def test_a_record_that_cannot_be_used_is_counted_as_lost_never_silently(
     assert final_state_event(events)["data"]["events_lost"] == 1
 
 
+def test_records_taken_without_decoding_are_checked_like_the_others(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """Plain log and output records are taken as written, the rest decoded: both give the
+    same events in order, a log with output's data (or output with a log's) is refused and
+    counted, a warning is counted, and escapes and non-ASCII text survive either way."""
+    records = [
+        b'["log",1.5,{"level":"warning","message":"plain warning"}]',
+        b'["log",1.5,{"text":"a log without a level"}]',
+        b'["stdout",1.5,{"level":"info","message":"output with a level"}]',
+        b'["stdout",1.5,{"text":"plain output"}]',
+        b'["log",1.5,{"level":"info","message":"a \\"quoted\\" caf\\u00e9"}]',
+        b'["log", 1.5, {"level":"info", "message":"spaced"}]',
+        b'["stderr",1.5,{"text":"plain error output"}]',
+    ]
+    written = b"\n".join(records) + b"\n"
+    code = (
+        "import os\nfrom dte_tools import channel, initialise_data_task\n"
+        "environment = initialise_data_task('plain')\n"
+        f"os.write(channel.current()._fd, {written!r})\n"
+    )
+    add_script_task(config_dir, "PLAIN", code)
+    daemon = daemon_factory(config_dir)
+    run = daemon.wait_final(daemon.submit("PLAIN")["run"]["id"])
+    events = [e for e in daemon.events(run["id"]) if e["kind"] != Kind.STATE]
+    assert [(e["kind"], e["data"]) for e in events if e["kind"] != Kind.NOTICE] == [
+        (Kind.LOG, {"level": "warning", "message": "plain warning"}),
+        (Kind.STDOUT, {"text": "plain output"}),
+        (Kind.LOG, {"level": "info", "message": 'a "quoted" café'}),
+        (Kind.LOG, {"level": "info", "message": "spaced"}),
+        (Kind.STDERR, {"text": "plain error output"}),
+    ]
+    assert all(e["ts"] == 1.5 for e in events if e["kind"] != Kind.NOTICE)
+    assert run["warning_count"] == 1 and run["events_lost"] == 2, run
+    assert "2 event(s) of this run could not be stored (2 bad_event)" in run["reason"]
+
+
+TWO_WRITERS = """
+import os
+from dte_tools import initialise_data_task
+
+environment = initialise_data_task("two writers")
+child = os.fork()
+who = "child" if child == 0 else "parent"
+for n in range(150):
+    environment.log_message(f"{who} {n} " + who[0] * 30000)
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+"""
+
+
+def test_long_records_of_two_processes_sharing_the_channel_are_kept_whole(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """A task and its forked child log 30 KB lines at once into the same pipe: writes that
+    long are not atomic, so each goes as pieces duftd joins per writer; every line is
+    stored whole and nothing is counted lost."""
+    add_script_task(config_dir, "TWO-WRITERS", TWO_WRITERS)
+    daemon = daemon_factory(config_dir)
+    run = daemon.wait_final(daemon.submit("TWO-WRITERS")["run"]["id"], timeout=60)
+    messages = log_messages(daemon.events(run["id"]))
+    expected = {f"{who} {n} " + who[0] * 30000 for who in ("parent", "child") for n in range(150)}
+    assert len(messages) == 300 and set(messages) == expected
+    assert run["state"] == "succeeded" and run["events_lost"] == 0, run
+
+
+def test_a_long_record_whose_writer_died_midway_is_counted_as_lost(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """The first piece of a long record, then the end of its writer: the record is counted
+    as lost (incomplete), and the lines around it are stored."""
+    code = (
+        "import os\nfrom dte_tools import channel, initialise_data_task\n"
+        "environment = initialise_data_task('half')\n"
+        "environment.log_message('before')\n"
+        'os.write(channel.current()._fd, b\'+4242:["log",1.5,{"level":"info"\\n\')\n'
+        "environment.log_message('after')\n"
+    )
+    add_script_task(config_dir, "HALF", code)
+    daemon = daemon_factory(config_dir)
+    run = daemon.wait_final(daemon.submit("HALF")["run"]["id"])
+    assert log_messages(daemon.events(run["id"])) == ["before", "after"]
+    assert run["events_lost"] == 1 and "(1 incomplete)" in run["reason"], run
+
+
 def test_restart_masks_a_notebook_an_orphaned_runner_left(
     tmp_path: Path, config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:

@@ -89,6 +89,17 @@ class ForwardQueue:
         if len(self.events) >= WAITING_EVENTS:
             self._below_limit.clear()
 
+    def emit_encoded(
+        self,
+        channel: RunChannel,
+        kind: str,
+        data: dict[str, Any] | str,
+        ts: float,
+        level: str | None,
+    ) -> None:
+        """A plain record (its data still JSON text, see ``RunInput``) travels decoded."""
+        self.emit(channel, kind, json.loads(data) if isinstance(data, str) else data, ts)
+
     @property
     def backlogged(self) -> bool:
         return not self._below_limit.is_set()
