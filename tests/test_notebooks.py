@@ -686,3 +686,70 @@ def test_execute_from_root_runs_a_copy_from_above_duft_config(
     ran_from = Path(stdout_lines(daemon, script_run)[-1].split(" ", 1)[1])
     assert ran_from == daemon.state_dir / "runs" / str(script_run) / "root-copy" / "root_script.py"
     assert Path(daemon.request(Op.RUN, run=notebook_run)["run"]["output"]).is_file()
+
+
+def worker_processes(control_endpoint: str) -> dict[int, tuple[str, str]]:
+    """Live processes of a daemon's workers (pid -> worker id, command line), found by the
+    control endpoint and worker id every worker process carries from its start."""
+    control = f"{wire.ENV_CONTROL}={control_endpoint}".encode()
+    prefix = f"{wire.ENV_WORKER_ID}=".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone, or not ours to read
+        ids = [entry[len(prefix) :].decode() for entry in environ if entry.startswith(prefix)]
+        if control in environ and ids and alive(int(proc.name)):
+            found[int(proc.name)] = (ids[0], cmdline)
+    return found
+
+
+def spare_runners(daemon: DaemonProcess, run_id: int) -> dict[str, list[str]]:
+    """This daemon's notebook workers other than run ``run_id``'s (worker id -> command lines
+    of its processes: a runner, and its kernel once started)."""
+    busy = daemon.request(Op.RUN, run=run_id)["run"]["worker_id"]
+    workers: dict[str, list[str]] = {}
+    for worker, cmdline in worker_processes(daemon.control_endpoint).values():
+        if worker != busy:
+            workers.setdefault(worker, []).append(cmdline)
+    return {
+        worker: cmdlines
+        for worker, cmdlines in workers.items()
+        if any("duftd.notebook.runner" in cmdline for cmdline in cmdlines)
+    }
+
+
+def test_frequent_notebook_runs_keep_a_second_spare_until_they_pause(
+    daemon_factory: Any, config_dir: Path
+) -> None:
+    """While notebook runs come often a second warm runner (with its kernel) is kept, it is
+    stopped once runs pause for the burst period, and no runner or kernel outlives the daemon."""
+    gate = config_dir / "gate"
+    add_notebook_task(config_dir, "NB-GATED", [code(WAIT_FOR_FILE.format(path=str(gate)))])
+    daemon = daemon_factory(config_dir, "--notebook-burst", "5")
+    first = daemon.submit("NB-GATED")["run"]["id"]
+
+    def two_with_kernels() -> dict[str, list[str]] | None:
+        spares = spare_runners(daemon, first)
+        kernels = [c for cmdlines in spares.values() for c in cmdlines if "ipykernel" in c]
+        return spares if len(spares) == 2 and len(kernels) == 2 else None
+
+    wait_for(two_with_kernels, 20, "a second spare with its kernel during the burst")
+    wait_for(lambda: len(spare_runners(daemon, first)) == 1, 30, "the extra spare to be stopped")
+    gate.touch()
+    assert daemon.wait_final(first)["state"] == "succeeded"
+
+    gate.unlink()
+    first = daemon.submit("NB-GATED")["run"]["id"]
+    folders = [kernel_dir(worker) for worker in wait_for(two_with_kernels, 20, "a second burst")]
+    assert daemon.process is not None
+    daemon.process.terminate()  # not daemon.stop(), which would kill leftovers itself
+    assert daemon.process.wait(30) == 0
+    wait_for(
+        lambda: not worker_processes(daemon.control_endpoint), 10, "no worker to outlive duftd"
+    )
+    assert not [folder for folder in folders if folder.exists()]

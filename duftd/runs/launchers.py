@@ -63,12 +63,21 @@ class LocalLauncher:
     keeps_output = True
 
     def __init__(
-        self, pipeline: EventPipeline, env: dict[str, str], cwd: Path, spares: bool
+        self,
+        pipeline: EventPipeline,
+        env: dict[str, str],
+        cwd: Path,
+        spares: bool,
+        notebook_burst_s: float = 0,
     ) -> None:
         self._pipeline = pipeline
         self._env = env
         self._cwd = cwd
-        self._spares = {kind: SparePool(kind, env, cwd, spares) for kind in ("script", "notebook")}
+        # A script worker is ready in ~30 ms, so one spare keeps up with any pace.
+        self._spares = {
+            "script": SparePool("script", env, cwd, spares),
+            "notebook": SparePool("notebook", env, cwd, spares, notebook_burst_s),
+        }
 
     def start(self) -> None:
         for pool in self._spares.values():

@@ -65,6 +65,7 @@ class RunManager:
         max_concurrent: int,
         cancel_grace_s: float = 5.0,
         spares: bool = True,
+        notebook_burst_s: float = 0,
         launcher: Launcher | None = None,
     ) -> None:
         self.store = store
@@ -89,7 +90,7 @@ class RunManager:
             }
         )
         self.launcher: Launcher = launcher or LocalLauncher(
-            pipeline, known_ahead, config.root, spares
+            pipeline, known_ahead, config.root, spares, notebook_burst_s
         )
 
     # -- queries ---------------------------------------------------------------

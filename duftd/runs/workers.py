@@ -135,48 +135,91 @@ async def start_worker(kind: str, env: dict[str, str], cwd: Path) -> Worker:
 
 
 class SparePool:
-    """Keeps one worker of one kind started ahead of need (when enabled)."""
+    """Keeps workers of one kind started ahead of need (when enabled): one always, and a
+    second while runs of the kind come often.
 
-    def __init__(self, kind: str, env: dict[str, str], cwd: Path, enabled: bool) -> None:
+    A notebook runner's kernel needs ~0.5 s to get ready, longer than a short notebook
+    runs, so with one spare a run submitted as the previous one ends waits for a kernel
+    that is still starting. While runs come often (one was placed within ``burst_idle_s``)
+    the pool keeps a second spare, so the one handed over has had a whole run's time to
+    get ready; once runs stop for that long, the extra spare is stopped to give its memory
+    back. ``burst_idle_s`` of 0 keeps a single spare. Each spare is handed to one run only.
+    """
+
+    def __init__(
+        self, kind: str, env: dict[str, str], cwd: Path, enabled: bool, burst_idle_s: float = 0
+    ) -> None:
         self._kind = kind
         self._env = env
         self._cwd = cwd
         self.enabled = enabled
-        self._spare: Worker | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._burst_idle_s = burst_idle_s
+        self._spares: list[Worker] = []  # oldest (readiest) first
+        self._starting: set[asyncio.Task[None]] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._in_burst = False
+        self._burst_timer: asyncio.TimerHandle | None = None
+
+    def _wanted(self) -> int:
+        if not self.enabled:
+            return 0
+        return 2 if self._in_burst else 1
 
     def start(self) -> None:
-        """Start a spare in the background unless one is ready or on its way."""
-        if self.enabled and self._spare is None and self._starting is None:
-            self._starting = asyncio.create_task(self._start())
+        """Start spares in the background until as many as wanted are ready or on their way."""
+        while len(self._spares) + len(self._starting) < self._wanted():
+            starting = asyncio.create_task(self._start())
+            self._starting.add(starting)
+            starting.add_done_callback(self._starting.discard)
 
     async def _start(self) -> None:
         try:
-            self._spare = await start_worker(self._kind, self._env, self._cwd)
+            self._spares.append(await start_worker(self._kind, self._env, self._cwd))
         except OSError as error:
             log.warning("could not start a spare worker", error=str(error))
             self.enabled = False
-        finally:
-            self._starting = None
+        self._give_back_extra()
 
     def take(self) -> Worker | None:
-        """The ready spare (None if there is none), and a new one on its way."""
-        spare, self._spare = self._spare, None
+        """The readiest live spare (None if there is none), and the next ones on their way."""
+        if self._burst_idle_s > 0:
+            self._in_burst = True
+            if self._burst_timer is not None:
+                self._burst_timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._burst_timer = loop.call_later(self._burst_idle_s, self._end_burst)
+        spare = None
+        while self._spares and spare is None:
+            spare = self._spares.pop(0)
+            if spare.process.returncode is not None:
+                spare.discard()  # dead, but its cgroup, leftovers and kernel folder are not
+                spare = None
         self.start()
-        if spare is not None and spare.process.returncode is None:
-            return spare
-        if spare is not None:
-            spare.discard()  # dead, but its cgroup, leftovers and kernel folder are not
-        return None
+        return spare
+
+    def _end_burst(self) -> None:
+        self._burst_timer = None
+        self._in_burst = False
+        self._give_back_extra()
+
+    def _give_back_extra(self) -> None:
+        """Stop the newest spares beyond what is wanted now (the burst is over)."""
+        while len(self._spares) > self._wanted():
+            self._stop(self._spares.pop())
+
+    def _stop(self, spare: Worker) -> None:
+        spare.discard()  # the spare and any kernel it started carry its worker id
+        stopping = asyncio.create_task(spawn.wait_exit(spare.process))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
 
     async def close(self) -> None:
-        """Stop the spare (and any kernel it started) when the daemon stops."""
-        if self._starting is not None:
-            with contextlib.suppress(Exception):
-                await self._starting
-        spare, self._spare = self._spare, None
+        """Stop the spares (and any kernels they started) when the daemon stops."""
         self.enabled = False
-        if spare is None:
-            return
-        spare.discard()  # the spare and any kernel it started carry its worker id
-        await spawn.wait_exit(spare.process)
+        if self._burst_timer is not None:
+            self._burst_timer.cancel()
+        if self._starting:
+            await asyncio.gather(*self._starting, return_exceptions=True)
+        self._give_back_extra()  # wanted is 0 now: all of them
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
