@@ -53,7 +53,9 @@ HANGS = """\
 import os, subprocess, sys, time
 from dte_tools import initialise_data_task
 
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+child = subprocess.Popen(  # its child hangs too, deliberately
+    [sys.executable, "-c", "import time; time.sleep(600)  # wait-ok: hangs until stopped"]
+)
 initialise_data_task("Hangs").log_message(f"pids {os.getpid()} {child.pid}")
 time.sleep(600)  # wait-ok: a task that hangs until it is stopped
 """

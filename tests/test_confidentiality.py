@@ -22,14 +22,13 @@ import zmq
 from dte_tools.redact import MASK
 from dte_tools.wire import CLIENT_SIGNER, Op, encode_request, run_signer, sign
 from tests.harness import (
-    REPO,
     DaemonProcess,
     RawSocket,
     add_script_task,
     second_user,
     wait_for,
 )
-from tests.test_notebooks import add_notebook_task, code
+from tests.test_notebooks import add_notebook_task, code, duft
 
 # -- a second unix user ----------------------------------------------------------------
 
@@ -349,15 +348,7 @@ def test_password_in_every_form_is_found_nowhere(
     runs = daemon.request(Op.RUNS)["runs"]
     assert all(run["state"] == "failed" for run in runs)
     events = [daemon.events(run["id"]) for run in runs]
-    logs = subprocess.run(
-        [sys.executable, "-m", "clients.cli.main", "logs", str(runs[0]["id"])],
-        env=daemon.env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    logs = duft(daemon, "logs", str(runs[0]["id"]))
     assert MASK in logs.stdout and "connecting with" in logs.stdout
     assert daemon.stop() == 0
     places = {
