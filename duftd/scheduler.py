@@ -158,6 +158,8 @@ class Scheduler:
     async def _fire(self, entry: _Entry) -> None:
         key, task, due = entry.key, entry.item.task, entry.next_at
         outcome: dict[str, Any] = {"due": firing(due), "fired": firing(datetime.now().astimezone())}
+        # Known from now on: a client that sees the run before submit returns sees its firing.
+        entry.last = {**outcome, "outcome": "firing"}
         try:
             run, _, joined = await self._manager.submit(task, {}, requested_by(key))
         except ShuttingDownError:
