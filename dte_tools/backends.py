@@ -7,10 +7,10 @@ events; task code never knows which one it has.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ from dte_tools.wire import (
     ENV_INGEST,
     ENV_RUN_ID,
     ENV_RUN_TOKEN,
+    ENV_TASK,
     Kind,
     Op,
     run_signer,
@@ -39,12 +40,19 @@ class Backend(Protocol):
 
 
 class StandaloneBackend:
-    """No daemon: read duft-config from disk and print events as terminal lines."""
+    """No daemon: read duft-config from disk and print events as terminal lines.
 
-    def __init__(self, config_dir: Path) -> None:
+    Values are resolved by duftd's own code (:mod:`duftd.config.resolve`, imported only
+    here, so a task under duftd never pays for it) for the task whose script is running:
+    the same defaults, ``allowOverride`` and connection rules as a run under duftd. Two
+    differences, printed as warnings: a value of another type is kept (duftd refuses the
+    run), and a script no data_tasks.json declares gets what it was given, unresolved.
+    """
+
+    def __init__(self, config_dir: Path, script: Path | None = None) -> None:
         self.config_dir = config_dir
-        self._user_values: dict[str, Any] | None = None
-        # Secret values the task has fetched: masked in printed lines, as duftd masks them.
+        self._script = script
+        self._resolved: tuple[Any, Any] | None = None  # (LoadedConfig, TaskSpec | None)
         self._secrets: set[str] = set()
         self._redactor = Redactor(())
 
@@ -54,21 +62,64 @@ class StandaloneBackend:
         main = sys.modules.get("__main__")
         script = getattr(main, "__file__", None)
         start = Path(script).parent if script else Path.cwd()
-        return cls(locate.find_config_dir(start))
+        return cls(locate.find_config_dir(start), Path(script).resolve() if script else None)
+
+    def _config_and_task(self) -> tuple[Any, Any]:
+        """The loaded config and the task declaring the running script (None if not one)."""
+        if self._resolved is None:
+            from duftd.config import load_config, resolve
+
+            config = load_config(self.config_dir)
+            found = [t for t in config.tasks.values() if self._is_running(t.script_path)]
+            chosen = os.environ.get(ENV_TASK)
+            if chosen:
+                found = [t for t in found if chosen in (t.address, t.id)]
+            task = found[0] if len(found) == 1 else None
+            if len(found) > 1:
+                names = ", ".join(t.address for t in found)
+                self._warn(
+                    f"{self._script} is the script of several tasks ({names}): parameters are "
+                    f"used as given; set {ENV_TASK} to one of them to get its defaults"
+                )
+            self._resolved = (config, task)
+            if task is not None:
+                self._mask(resolve.secret_values(config, task))
+        return self._resolved
+
+    def _is_running(self, script_path: Path) -> bool:
+        return self._script is not None and script_path.resolve() == self._script
 
     def parameters(self, given: dict[str, Any]) -> dict[str, Any]:
-        return given
+        """As duftd would resolve ``given`` for this script's task."""
+        from duftd.config import resolve_parameters
+
+        _, task = self._config_and_task()
+        if task is None:
+            return given
+        resolved = resolve_parameters(task, given, refuse_mismatches=False)
+        for name, why in resolved.ignored.items():
+            self._warn(f"parameter {name!r} ignored: {why} (duftd ignores it too)")
+        for mismatch in resolved.mismatched:
+            self._warn(f"parameter {mismatch}: kept here, but duftd would refuse this run")
+        return resolved.values
 
     def connection(self, connection_id: str) -> dict[str, Any]:
         """The user's values for a connection (``{}`` when none), as duftd would give them."""
-        if self._user_values is None:
-            path = self.config_dir / "user" / "config.json"
-            user = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            self._user_values = user.get("dataConnectionParameters") or {}
-        values = dict(self._user_values.get(connection_id) or {})
-        self._secrets |= secret_values(values)
-        self._redactor = Redactor(self._secrets)
+        from duftd.config import resolve_connection, strict_connections
+
+        config, task = self._config_and_task()
+        if task is not None:
+            return resolve_connection(config, task, connection_id, strict_connections(config))
+        values = dict(config.user.data_connection_parameters.get(connection_id) or {})
+        self._mask(secret_values(values))
         return values
+
+    def _mask(self, secrets: Iterable[str]) -> None:
+        self._secrets |= set(secrets)
+        self._redactor = Redactor(self._secrets)
+
+    def _warn(self, message: str) -> None:
+        self.emit(Kind.LOG, {"level": "warning", "message": message})
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -73,6 +73,8 @@ ENV_INGEST = "DUFT_INGEST_ENDPOINT"
 ENV_CONFIG_DIR = "DUFT_CONFIG_DIR"
 ENV_STATE_DIR = "DUFT_STATE_DIR"
 ENV_DATA_DIR = "DUFT_DATA_DIR"
+# Standalone only: which task a script declared by several tasks runs as (its address).
+ENV_TASK = "DUFT_TASK"
 
 
 class Op:

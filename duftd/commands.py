@@ -20,11 +20,10 @@ from duftd.cluster.launcher import DaskRun
 from duftd.config import (
     LoadedConfig,
     TaskSpec,
-    load_config,
     resolve_connection,
     strict_connections,
 )
-from duftd.config_reload import use_config
+from duftd.config_reload import ActiveConfig
 from duftd.control import Caller
 from duftd.errors import UnauthorizedError
 from duftd.ingest import Ingest
@@ -83,6 +82,7 @@ class Commands:
     def __init__(
         self,
         manager: RunManager,
+        config: ActiveConfig,
         store: Store,
         pipeline: EventPipeline,
         ingest: Ingest,
@@ -91,6 +91,7 @@ class Commands:
         strict_connections: bool = False,
     ) -> None:
         self._manager = manager
+        self._config = config
         self._store = store
         self._pipeline = pipeline
         self._ingest = ingest
@@ -99,7 +100,6 @@ class Commands:
         self._strict_connections = strict_connections
         # Undeclared connections each live run was already warned about (once per run).
         self._warned: weakref.WeakKeyDictionary[LiveRun, set[str]] = weakref.WeakKeyDictionary()
-        self._reloading = asyncio.Lock()  # one at a time: a slower, older read never wins
 
     def operations(self) -> dict[str, Operation]:
         return operation_table(self)
@@ -110,27 +110,22 @@ class Commands:
         dropped: {reason: n}, storage_full: bool, launcher, ...}; ``storage_full`` while the
         state folder's disk is full (events are held, submits refused, until space returns);
         with ``launcher: dask`` also ``scheduler``, ``connected``, ``workers``, ``error``."""
-        manager = self._manager
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started_at, 3),
-            "config": str(manager.config.root),
-            "data_dir": str(manager.places.data_dir),
+            "config": str(self._config.current.root),
             "runs": await self._store.counts_by_state(),
-            "active": manager.active,
-            "queued": manager.queued,
-            "max_concurrent": manager.max_concurrent,
             "dropped": dict(self._ingest.dropped),
             "storage_full": self._pipeline.storage_full,
-            **manager.launcher.health(),
+            **self._manager.health(),
         }
 
     @operation(Op.TASKS)
     async def tasks(self, caller: Caller, args: TasksArgs) -> dict[str, Any]:
         """{all?: bool} -> {tasks: [task]}; tasks with ``hideInUI`` only when ``all``."""
-        config = self._manager.config
+        config = self._config.current
         return {
             "tasks": [
                 task_summary(task, config)
@@ -142,7 +137,7 @@ class Commands:
     @operation(Op.TASK)
     async def task(self, caller: Caller, args: TaskArgs) -> dict[str, Any]:
         """{task: address} -> {task}; unknown_task / ambiguous_task errors."""
-        config = self._manager.config
+        config = self._config.current
         return {"task": task_summary(config.task(args.task), config)}
 
     @operation(Op.SUBMIT)
@@ -190,15 +185,7 @@ class Commands:
     @operation(Op.RELOAD)
     async def reload(self, caller: Caller, args: NoArgs) -> dict[str, Any]:
         """-> {config, tasks, runnable, errors, warnings}; live runs keep their spec."""
-        async with self._reloading:
-            before = self._manager.config
-            # A large config takes a second of CPU to load: in a thread, so control keeps
-            # answering. use_config swaps it in without an await: a submit sees one whole.
-            loaded = await asyncio.to_thread(load_config, before.root)
-            # Unless a run replaced the folder and reloaded it meanwhile (that one is newer).
-            if self._manager.config is before:
-                use_config(self._manager, self._scheduler, loaded)
-            config = self._manager.config
+        config = await self._config.reload()
         severities = [d.severity for d in config.diagnostics]
         return {
             "config": str(config.root),
@@ -224,8 +211,7 @@ class Commands:
         driver's message; secrets are masked everywhere. unknown_connection when the id
         is neither declared nor has values.
         """
-        manager = self._manager
-        target = connections.find_target(manager.config, args.id, manager.places.data_dir)
+        target = connections.find_target(self._config.current, args.id, self._manager.data_dir)
         try:
             result = await asyncio.wait_for(
                 asyncio.to_thread(connections.run_test, target, args.timeout_s),
@@ -240,7 +226,7 @@ class Commands:
         """(worker) -> {run_id, task_id, task_name, params, connections, config_dir,
         data_dir, temp_dir}: what a worker needs to start, never a connection's values."""
         run = _worker_run(caller)
-        data_dir = run.data_dir or self._manager.places.data_dir
+        data_dir = run.data_dir or self._manager.data_dir
         return {
             "run_id": run.id,
             "task_id": run.task.address,

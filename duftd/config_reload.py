@@ -8,55 +8,79 @@ one for later runs and schedules, and logs which tasks were added, removed or ch
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
 
 from duftd.config import LoadedConfig, load_config
 from duftd.config.loader import folder_identity
-from duftd.runs.manager import RunManager
-from duftd.scheduler import Scheduler
 
 log = structlog.get_logger("duftd.config")
 
 
-def reload_config(manager: RunManager, scheduler: Scheduler) -> LoadedConfig:
-    """Load the config folder again; new runs and schedules use it, live runs keep theirs."""
-    return use_config(manager, scheduler, load_config(manager.config.root))
+class ActiveConfig:
+    """The config in force for new runs and schedules.
 
+    One object, passed at construction to everyone who reads the config (run manager,
+    scheduler, commands), so a swap is one assignment that all of them see at once and
+    no one reaches through another for it. Live runs keep the spec they started with.
+    """
 
-def use_config(manager: RunManager, scheduler: Scheduler, config: LoadedConfig) -> LoadedConfig:
-    """Swap ``config`` in for new runs and schedules, in one step (no await)."""
-    manager.reload(config)
-    scheduler.reload(config)
-    return config
+    def __init__(self, config: LoadedConfig) -> None:
+        self.current = config
+        self._watchers: list[asyncio.Event] = []
+        self._loading = asyncio.Lock()  # one load at a time: a slower, older read never wins
 
+    def watch(self) -> asyncio.Event:
+        """An event set on every swap; the watcher clears it (the scheduler re-plans)."""
+        event = asyncio.Event()
+        self._watchers.append(event)
+        return event
 
-def reload_if_replaced(manager: RunManager, scheduler: Scheduler, task: str) -> None:
-    """After a run of ``task``: reload if it replaced the config folder. Never raises."""
-    old = manager.config
-    try:
-        now = folder_identity(old.root)
-        if now == old.identity:
+    def use(self, config: LoadedConfig) -> LoadedConfig:
+        """Swap ``config`` in for new runs and schedules, in one step (no await)."""
+        self.current = config
+        for event in self._watchers:
+            event.set()
+        return config
+
+    async def reload(self) -> LoadedConfig:
+        """Load the folder again and swap it in; returns the config now in force."""
+        async with self._loading:
+            before = self.current
+            # A large config takes a second of CPU to load: in a thread, so control keeps
+            # answering; the swap itself has no await, so a submit sees one config whole.
+            loaded = await asyncio.to_thread(load_config, before.root)
+            if self.current is before:  # else a newer load won meanwhile
+                self.use(loaded)
+            return self.current
+
+    async def reload_if_replaced(self, task: str) -> None:
+        """After a run of ``task``: reload if it replaced the config folder. Never raises."""
+        old = self.current
+        try:
+            now = folder_identity(old.root)
+            if now == old.identity:
+                return
+            if now is None:
+                log.error(
+                    "config folder gone after a run; keeping the loaded one",
+                    config=str(old.root),
+                    task=task,
+                )
+                return
+            new = await self.reload()
+        except Exception:
+            log.exception("reloading the replaced config failed; keeping the loaded one", task=task)
             return
-        if now is None:
-            log.error(
-                "config folder gone after a run; keeping the loaded one",
-                config=str(old.root),
-                task=task,
-            )
-            return
-        new = reload_config(manager, scheduler)
-    except Exception:
-        log.exception("reloading the replaced config failed; keeping the loaded one", task=task)
-        return
-    log.info(
-        "config folder replaced by a run; reloaded",
-        config=str(new.root),
-        task=task,
-        errors=len(new.errors),
-        **task_changes(old, new),
-    )
+        log.info(
+            "config folder replaced by a run; reloaded",
+            config=str(new.root),
+            task=task,
+            errors=len(new.errors),
+            **task_changes(old, new),
+        )
 
 
 def task_changes(old: LoadedConfig, new: LoadedConfig) -> dict[str, list[str]]:

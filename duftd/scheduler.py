@@ -35,6 +35,7 @@ from duftd.config.schedule import firing, local_timezone, next_firings, utc_offs
 from duftd.errors import DuftError, ShuttingDownError
 
 if TYPE_CHECKING:
+    from duftd.config_reload import ActiveConfig
     from duftd.pipeline import EventPipeline
     from duftd.runs.manager import RunManager
     from duftd.runs.run import LiveRuns
@@ -98,17 +99,23 @@ class Scheduler:
         manager: RunManager,
         live: LiveRuns,
         pipeline: EventPipeline,
-        config: LoadedConfig,
+        config: ActiveConfig,
     ) -> None:
         self._manager = manager
         self._live = live
         self._pipeline = pipeline
+        self._config = config
         self._entries: dict[str, _Entry] = {}
-        self._wake = asyncio.Event()
-        self.reload(config)
+        self._planned_from: LoadedConfig | None = None
+        self._wake = config.watch()  # set on every config swap
+        self._replan_if_swapped()
 
-    def reload(self, config: LoadedConfig) -> None:
-        """Use the schedules of ``config`` from now on (only future firings count)."""
+    def _replan_if_swapped(self) -> None:
+        """Use the schedules of the config in force from now on (only future firings count)."""
+        config = self._config.current
+        if config is self._planned_from:
+            return
+        self._planned_from = config
         now = datetime.now().astimezone()
         entries: dict[str, _Entry] = {}
         for key, item in config.user.scheduled_data_tasks.items():
@@ -121,16 +128,17 @@ class Scheduler:
             else:
                 entries[key] = _Entry(key, item, next_firings(item.cron, now, 1)[0])
         self._entries = entries
-        self._wake.set()
         log.info("schedules loaded", schedules=len(entries), timezone=local_timezone())
 
     def describe(self, count: int = 3) -> dict[str, Any]:
         """Every schedule with its next ``count`` firings and its last outcome."""
+        self._replan_if_swapped()
         return _description(((e.key, e.item, e.last) for e in self._entries.values()), count)
 
     async def run(self) -> None:
         while True:
             self._wake.clear()
+            self._replan_if_swapped()
             due = [e for e in self._entries.values() if e.next_at.timestamp() <= time.time()]
             for entry in sorted(due, key=lambda e: e.next_at):
                 try:
@@ -150,6 +158,8 @@ class Scheduler:
     async def _fire(self, entry: _Entry) -> None:
         key, task, due = entry.key, entry.item.task, entry.next_at
         outcome: dict[str, Any] = {"due": firing(due), "fired": firing(datetime.now().astimezone())}
+        # Known from now on: a client that sees the run before submit returns sees its firing.
+        entry.last = {**outcome, "outcome": "firing"}
         try:
             run, _, joined = await self._manager.submit(task, {}, requested_by(key))
         except ShuttingDownError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import functools
 import gc
 import os
 import secrets
@@ -44,7 +43,7 @@ from duftd.cluster.connect import DaskSettings, dask_settings
 from duftd.cluster.launcher import DaemonSide, DaskLauncher, RunKeys
 from duftd.commands import Commands
 from duftd.config import LoadedConfig, load_config
-from duftd.config_reload import reload_if_replaced
+from duftd.config_reload import ActiveConfig
 from duftd.control import ControlServer
 from duftd.errors import StartupError
 from duftd.ingest import Ingest
@@ -175,10 +174,11 @@ class Daemon:
             state_dir=options.state_dir,
         )
         live = LiveRuns()
+        active = ActiveConfig(config)
         self.manager = RunManager(
             self.store,
             self.pipeline,
-            config,
+            active,
             places,
             live,
             options.max_concurrent,
@@ -188,10 +188,10 @@ class Daemon:
             launcher=self._dask_launcher(),
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, live.link)
-        scheduler = Scheduler(self.manager, live, self.pipeline, config)
-        self.manager.on_run_end = functools.partial(reload_if_replaced, self.manager, scheduler)
+        scheduler = Scheduler(self.manager, live, self.pipeline, active)
         commands = Commands(
             self.manager,
+            active,
             self.store,
             self.pipeline,
             ingest,

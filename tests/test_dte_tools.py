@@ -85,3 +85,63 @@ def test_find_json_arg_takes_the_first_json_object_argument(tmp_path: Path) -> N
     result = _python(code, tmp_path, DUFT_CONFIG_DIR=str(REPO / "duft-config"))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [{"a": 1}, {}]
+
+
+def _config_with_task(root: Path, script: str) -> Path:
+    """A duft-config whose task T runs ``script``: parameters of each kind, one fixed, and
+    a connection whose password the user has set."""
+    (root / "system" / "data_tasks").mkdir(parents=True)
+    (root / "user").mkdir()
+    params = {
+        "steps": {"defaultValue": 3, "allowOverride": True},
+        "label": {"defaultValue": "default label", "allowOverride": True},
+        "fixed": {"defaultValue": "kept", "allowOverride": False},
+    }
+    task = {"id": "T", "name": "T", "pythonFile": "t.py", "dataConnections": ["DB"]}
+    tasks = {"dataTasks": [{**task, "supportedParameters": params}]}
+    (root / "system" / "data_tasks.json").write_text(json.dumps(tasks))
+    connection = {"id": "DB", "name": "DB", "params": [{"name": "pw", "type": "password"}]}
+    (root / "system" / "data_connections.json").write_text(
+        json.dumps({"dataConnections": [connection]})
+    )
+    values = {"dataConnectionParameters": {"DB": {"pw": "zq-unguessable-719"}}}
+    (root / "user" / "config.json").write_text(json.dumps(values))
+    path = root / "system" / "data_tasks" / "t.py"
+    path.write_text(script)
+    return path
+
+
+def test_standalone_resolves_parameters_as_duftd_does(tmp_path: Path) -> None:
+    """A script declared by a task gets duftd's resolution standalone: defaults filled in,
+    a fixed parameter kept, a value of another type kept with a warning that duftd would
+    refuse it, and the connection's password masked in printed lines."""
+    script = _config_with_task(
+        tmp_path / "duft-config",
+        "import json, sys, dte_tools\n"
+        "params = dte_tools.find_json_arg(sys.argv)\n"
+        "print(json.dumps(params, sort_keys=True))\n"
+        "env = dte_tools.initialise_data_task('T', params)\n"
+        "pw = dte_tools.get_resolved_parameters_for_connection('DB')['pw']\n"
+        "env.log_message('connecting with ' + pw)\n",
+    )
+    given = json.dumps({"label": "mine", "fixed": "changed", "steps": "2"})
+    result = subprocess.run(
+        [sys.executable, str(script), given],
+        cwd=tmp_path,
+        env=environment_without_duft(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.splitlines()
+    params = [json.loads(line) for line in printed if line.startswith("{")]
+    assert params == [{"fixed": "kept", "label": "mine", "steps": "2"}]
+    warnings = [line for line in printed if " WARNING " in line]
+    assert any("'fixed' ignored: not overridable" in line for line in warnings), printed
+    assert any(
+        "'steps' expects a number" in line and "duftd would refuse" in line for line in warnings
+    ), printed
+    assert any(line.endswith("connecting with ********") for line in printed), printed
+    assert "zq-unguessable-719" not in result.stdout + result.stderr

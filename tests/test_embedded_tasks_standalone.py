@@ -165,6 +165,23 @@ def test_sample_task_accepts_parameters_given_as_strings(sandbox: Sandbox) -> No
     assert PROGRESS_LINE.findall(result.stdout) == [("1", "2"), ("2", "2")]
 
 
+def test_shared_script_takes_the_defaults_of_the_task_named_in_duft_task(
+    sandbox: Sandbox,
+) -> None:
+    """sample_task.py is the script of SAMPLE and SLOW-SAMPLE: standalone it says so and
+    uses the given values alone; with DUFT_TASK it gets that task's defaults (30 steps)."""
+    params = '{"sleep_time": 0}'
+    unnamed = sandbox.run("sample_task.py", params)
+    sandbox.env["DUFT_TASK"] = "SLOW-SAMPLE"
+    named = sandbox.run("sample_task.py", params)
+
+    assert unnamed.returncode == 0, unnamed.stderr
+    warnings = [text for level, text in LOG_LINE.findall(unnamed.stdout) if level == "WARNING"]
+    assert any("SAMPLE, SLOW-SAMPLE" in text and "DUFT_TASK" in text for text in warnings)
+    assert named.returncode == 0, named.stderr
+    assert PROGRESS_LINE.findall(named.stdout)[-1] == ("30", "30")
+
+
 def test_sample_task_simulated_error_fails_the_run(sandbox: Sandbox) -> None:
     """With ``simulate_error`` the script logs an ERROR line and exits non-zero."""
     params = '{"name": "x", "sleep_time": 0, "steps": 3, "simulate_error": true}'

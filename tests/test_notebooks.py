@@ -540,7 +540,9 @@ def test_timed_out_notebook_fails_and_leaves_no_kernel_behind(daemon: DaemonProc
     assert not run_processes(daemon, run_id)
     assert final_event(daemon, run_id)["data"].get("cell_index") is None  # a stop, not a failure
     executed = nbformat.read(run["output"], as_version=4)
-    assert executed.cells[1].outputs[-1].ename == "KeyboardInterrupt"
+    # ipykernel may print a KeyboardInterrupt line to stderr after the error output.
+    outputs = executed.cells[1].outputs
+    assert any(o.get("ename") == "KeyboardInterrupt" for o in outputs), outputs
 
 
 # -- the executed notebook ---------------------------------------------------------------------

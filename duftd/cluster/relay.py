@@ -201,7 +201,7 @@ class Relay:
             try:
                 reply = await asyncio.shield(self.request(Op.WORKER_EVENTS, args))
             except DaemonError as error:
-                if error.code == "timeout" and time.monotonic() - since < GIVE_UP_S:
+                if error.code == wire.ErrorCode.TIMEOUT and time.monotonic() - since < GIVE_UP_S:
                     continue  # the same batch again: duftd takes each number once
                 self.lost_link = f"duftd could not be reached: {error}"
                 self._stop(State.FAILED, self.lost_link)

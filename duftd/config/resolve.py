@@ -30,10 +30,12 @@ from duftd.errors import ParameterError, UnknownConnectionError
 
 @dataclass(frozen=True)
 class ResolvedParameters:
-    """The parameters passed to a run, and why each refused caller value was dropped."""
+    """The parameters passed to a run, why each refused caller value was dropped, and
+    (standalone only) the values of another type that were kept anyway."""
 
     values: dict[str, Any] = field(default_factory=dict)
     ignored: dict[str, str] = field(default_factory=dict)
+    mismatched: list[str] = field(default_factory=list)
 
 
 def parameter_kind(value: Any) -> str:
@@ -54,8 +56,15 @@ def parameter_kind(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
-def resolve_parameters(task: TaskSpec, given: Mapping[str, Any]) -> ResolvedParameters:
-    """Defaults, replaced by ``given`` values only where ``allowOverride`` is true."""
+def resolve_parameters(
+    task: TaskSpec, given: Mapping[str, Any], refuse_mismatches: bool = True
+) -> ResolvedParameters:
+    """Defaults, replaced by ``given`` values only where ``allowOverride`` is true.
+
+    Values of another JSON type are refused (:class:`ParameterError`, all named at once),
+    unless ``refuse_mismatches`` is false: a standalone run keeps them and says what duftd
+    would refuse, since an author trying a script by hand types text for numbers.
+    """
     specs = task.supported_parameters
     values = {name: copy.deepcopy(p.default_value) for name, p in specs.items() if p.has_default}
     ignored: dict[str, str] = {}
@@ -70,23 +79,32 @@ def resolve_parameters(task: TaskSpec, given: Mapping[str, Any]) -> ResolvedPara
         if not spec.allow_override:
             ignored[key] = "not overridable (allowOverride is false)"
             continue
-        try:
-            got = parameter_kind(value)
-        except TypeError as exc:
-            mismatches.append(f"{key!r}: {exc}")
-            continue
-        if spec.has_default and spec.default_value is not None:
-            expected = parameter_kind(spec.default_value)
-            if got != expected:
-                mismatches.append(
-                    f"{key!r} expects a {expected} (like its default "
-                    f"{json.dumps(spec.default_value)}), got {got} {json.dumps(value)}"
-                )
+        mismatch = _type_mismatch(key, value, spec.default_value if spec.has_default else None)
+        if mismatch is not None:
+            mismatches.append(mismatch)
+            if refuse_mismatches:
                 continue
         values[key] = copy.deepcopy(value)
-    if mismatches:
+    if mismatches and refuse_mismatches:
         raise ParameterError(f"bad parameters for task {task.address}: " + "; ".join(mismatches))
-    return ResolvedParameters(values=values, ignored=ignored)
+    return ResolvedParameters(values=values, ignored=ignored, mismatched=mismatches)
+
+
+def _type_mismatch(key: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand for a parameter whose default is ``default``, if it cannot."""
+    try:
+        got = parameter_kind(value)
+    except TypeError as exc:
+        return f"{key!r}: {exc}"
+    if default is None:
+        return None
+    expected = parameter_kind(default)
+    if got == expected:
+        return None
+    return (
+        f"{key!r} expects a {expected} (like its default {json.dumps(default)}), "
+        f"got {got} {json.dumps(value)}"
+    )
 
 
 def resolve_connections(config: LoadedConfig, task: TaskSpec) -> dict[str, dict[str, Any]]:

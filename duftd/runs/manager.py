@@ -15,7 +15,6 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from duftd.config import (
     resolve_parameters,
     secret_values,
 )
+from duftd.config_reload import ActiveConfig
 from duftd.errors import ShuttingDownError, StorageFullError, UnknownRunError
 from duftd.ingest import RunLink
 from duftd.pipeline import EventPipeline, RunChannel, is_storage_full
@@ -59,7 +59,7 @@ class RunManager:
         self,
         store: Store,
         pipeline: EventPipeline,
-        config: LoadedConfig,
+        config: ActiveConfig,
         places: RunPlaces,
         live: LiveRuns,
         max_concurrent: int,
@@ -70,7 +70,7 @@ class RunManager:
     ) -> None:
         self.store = store
         self.pipeline = pipeline
-        self.config = config
+        self._config = config
         self.places = places
         self.max_concurrent = max_concurrent
         self.cancel_grace_s = cancel_grace_s
@@ -80,28 +80,33 @@ class RunManager:
         self._submit_locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = True
-        # Called with the task's address after each run (duftd.config_reload's check).
-        self.on_run_end: Callable[[str], None] | None = None
         known_ahead = spawn.worker_environment(
             {
                 wire.ENV_CONTROL: places.control,
                 wire.ENV_INGEST: places.ingest,
-                wire.ENV_CONFIG_DIR: str(config.root),
+                wire.ENV_CONFIG_DIR: str(config.current.root),
             }
         )
         self.launcher: Launcher = launcher or LocalLauncher(
-            pipeline, known_ahead, config.root, spares, notebook_burst_s
+            pipeline, known_ahead, config.current.root, spares, notebook_burst_s
         )
 
     # -- queries ---------------------------------------------------------------
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def data_dir(self) -> Path:
+        """Where ``sqlite3file`` values resolve and tasks write (``get_data_dir()``)."""
+        return self.places.data_dir
 
-    @property
-    def active(self) -> int:
-        return len(self._live)
+    def health(self) -> dict[str, Any]:
+        """The runs' part of the ``health`` reply: load, limit and the launcher's state."""
+        return {
+            "data_dir": str(self.places.data_dir),
+            "active": len(self._live),
+            "queued": len(self._queue),
+            "max_concurrent": self.max_concurrent,
+            **self.launcher.health(),
+        }
 
     async def get_run(self, run_id: int) -> dict[str, Any]:
         run = await self.store.get_run(run_id)
@@ -121,7 +126,7 @@ class RunManager:
             )
         if self.pipeline.storage_full:
             raise self._storage_full_error()
-        config = self.config
+        config = self._config.current
         task = config.runnable_task(address)
         resolved = resolve_parameters(task, given)
         # Concurrent submits of one task must see each other's run: check and register
@@ -288,8 +293,7 @@ class RunManager:
         channel = run.link.channel
         reason = channel.redact(outcome.reason) if outcome.reason else None
         run.tidy()
-        if self.on_run_end is not None:
-            self.on_run_end(run.task.address)
+        await self._config.reload_if_replaced(run.task.address)
         await self.pipeline.write(_nothing)  # the run's events are stored: its losses known
         lost = sum(channel.lost.values())
         if lost:
@@ -352,8 +356,9 @@ class RunManager:
 
     def _secrets_of(self, address: str) -> tuple[str, ...]:
         """The secrets a task's runs see under the current config (none if it is gone)."""
-        task = self.config.tasks.get(address)
-        return tuple(secret_values(self.config, task)) if task is not None else ()
+        config = self._config.current
+        task = config.tasks.get(address)
+        return tuple(secret_values(config, task)) if task is not None else ()
 
     async def shutdown(self, reason: str = "duftd is shutting down") -> None:
         """Refuse new runs, cancel every live one and wait until each is recorded."""
@@ -369,7 +374,3 @@ class RunManager:
             await self.cancel(run.id, reason)
         runs = [run.finished.wait() for run in self._live.all()]
         await asyncio.gather(*runs, self.pipeline.drained())
-
-    def reload(self, config: LoadedConfig) -> None:
-        """Use a new config for new submissions; live runs keep the spec they started with."""
-        self.config = config

@@ -285,9 +285,10 @@ def _command_line(argv: list[str]) -> dict:
 
 
 def main() -> None:
-    params = find_json_arg(sys.argv)
-    if not params:
-        params = _command_line(sys.argv[1:])
+    # Run by hand with --flags, those decide; else the task's parameters (duftd's, or
+    # standalone the JSON argument resolved against the task's defaults).
+    by_hand = any(arg.startswith("--") for arg in sys.argv[1:])
+    params = _command_line(sys.argv[1:]) if by_hand else find_json_arg(sys.argv)
     environment = initialise_data_task("Demo EMR Setup", params=params)
     seed = int(params.get("seed", DEFAULT_SEED))
     clients = int(params.get("clients", DEFAULT_CLIENTS))
