@@ -13,6 +13,9 @@ has no channel (a program the task started) and is the seam for workers on other
 machines. Bad messages are dropped and counted by reason; nothing a worker sends can stop
 the loop. The socket is drained in bursts through a synchronous shadow and the loop
 yields between bursts (an awaited asyncio ``recv`` never yields while messages wait).
+
+Its size is the two ways in (a run's pipes and the signed socket), which share the
+numbering, the loss accounting and the bounds, so they are read side by side.
 """
 
 from __future__ import annotations

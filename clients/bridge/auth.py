@@ -29,6 +29,9 @@ under a secret made at start, so a restart logs everyone out, and carry a stamp 
 account's password hash, so a new password or a removed account revokes them. A refresh
 gives a new access token only: the refresh token keeps its expiry, so a session ends
 ``REFRESH_LIFETIME_S`` after its login.
+
+Its size is the three ways in (token, login, --no-auth) and the login throttle, kept
+together because a request must be judged by all of them in one order.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Exit codes: 0 success; 1 a run failed, was cancelled or lost, or validation found
 errors; 2 bad usage or a refused request; 3 no daemon running; 130 Ctrl-C.
+
+Its size is one short function per subcommand beside the parser that names them all,
+so the command line can be read in one place; other subcommand groups have modules.
 """
 
 from __future__ import annotations

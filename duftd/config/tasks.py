@@ -13,6 +13,9 @@ is silent:
 - Flags written as strings (``"True"``) or 0/1 read as booleans, with a warning;
   anything else reads as false (for ``allowOverride`` the safe side).
 - ``pythonFile`` suffixes are matched case-insensitively (``.PY`` is a script).
+
+Its size is the leniency above: each tolerated deviation of a published file has its
+own check and warning, next to the rule it bends.
 """
 
 from __future__ import annotations
