@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,8 @@ log = structlog.get_logger("duftd.control")
 # A request older or newer than this is refused, and ids are remembered this long.
 FRESHNESS_S = 300.0
 MAX_REMEMBERED_IDS = 100_000
+# Requests taken at a time before the loop turns.
+REQUEST_BURST = 100
 
 
 @dataclass(frozen=True)
@@ -82,20 +84,51 @@ class ControlServer:
         operations: dict[str, Operation],
         live_run: Callable[[int], LiveRun | None],
     ) -> None:
-        self._socket = socket
+        self._socket = socket  # kept open through its shadow below
         self._key = key
         self._operations = operations
         self._live_run = live_run
         self._replays = ReplayGuard()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Received and answered through a plain shadow, from a reader callback: an awaited
+        # recv resolves a future, wakes a task a loop turn later, and that task starts the
+        # request's task one more turn later, each turn behind every ready reader of an
+        # event flood.
+        self._sync = zmq.Socket.shadow(socket.underlying)
 
     async def run(self) -> None:
-        while True:
-            frames = await self._socket.recv_multipart()
-            task = asyncio.create_task(self._serve(frames))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            await asyncio.sleep(0)  # let other loops in between bursts of requests
+        loop = asyncio.get_running_loop()
+        fd = self._sync.FD
+        loop.add_reader(fd, self._take)
+        try:
+            self._take()  # what arrived before the reader was added
+            await loop.create_future()  # until cancelled
+        finally:
+            loop.remove_reader(fd)
+
+    def _take(self) -> None:
+        """Serve the requests waiting (a burst at a time: the loop turns in between)."""
+        for _ in range(REQUEST_BURST):
+            try:
+                frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._start(self._serve(frames))
+            except Exception:  # only a send can raise here; the next request goes on
+                log.exception("control reply failed")
+        asyncio.get_running_loop().call_soon(self._take)
+
+    def _start(self, serve: Coroutine[Any, Any, None]) -> None:
+        """Run a request's first step now; most requests (a run's record, a task) end
+        there, answered in the loop turn that noticed them."""
+        try:
+            waiting = serve.send(None)
+        except StopIteration:
+            return
+        task = asyncio.create_task(_finish(serve, waiting))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -126,7 +159,11 @@ class ControlServer:
             }
         body = json.dumps(reply, separators=(",", ":"), default=str).encode()
         signature = sign(key, body) if key else b""
-        await self._socket.send_multipart([*prefix, PROTOCOL, signature, body])
+        self._sync.send_multipart([*prefix, PROTOCOL, signature, body], flags=zmq.NOBLOCK)
+        # A send may take the socket's readable signal with it (libzmq's edge-triggered
+        # descriptor): look for waiting requests once more.
+        if self._sync.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            asyncio.get_running_loop().call_soon(self._take)
 
     def _authenticate(self, frames: list[bytes]) -> tuple[bytes, Caller, Envelope]:
         if len(frames) != 4 or frames[0] != PROTOCOL:
@@ -180,6 +217,22 @@ class ControlServer:
         except ValidationError as error:
             raise BadRequestError(f"bad arguments for {envelope.op!r}: {_summary(error)}") from None
         return await operation.handler(caller, args)
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive ``coro``, which suspended on ``waiting`` (a future, or None for a bare yield)
+    in a first step run outside any task, to its end: what Python 3.12's eager tasks do.
+    That first step has no current task, so it must not use ``asyncio.timeout``."""
+    while True:
+        cancelled = None
+        try:
+            await (asyncio.sleep(0) if waiting is None else asyncio.wait([waiting]))
+        except asyncio.CancelledError as error:
+            cancelled = error
+        try:
+            waiting = coro.send(None) if cancelled is None else coro.throw(cancelled)
+        except StopIteration:
+            return
 
 
 def _summary(error: ValidationError) -> str:

@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +62,6 @@ PRIVATE_UMASK = 0o077
 RETENTION_INTERVAL_S = 3600.0
 # Fewer, cheaper collections: event dicts are short-lived and acyclic.
 GC_THRESHOLDS = (20_000, 50, 1000)
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -214,9 +212,6 @@ class Daemon:
         # while events stream (seen as control-latency spikes in `make bench`).
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
-        # The store's threads and the loop hand the GIL over at most every 5 ms by default;
-        # a control request that needs both would wait several of those.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         path = connection_file.write(
             options.state_dir,
             {
