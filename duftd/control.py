@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -44,6 +45,9 @@ FRESHNESS_S = 300.0
 MAX_REMEMBERED_IDS = 100_000
 # Requests taken at a time before the loop turns.
 REQUEST_BURST = 100
+# Python 3.12 starts a task eagerly itself (its first step inside the task, so
+# ``asyncio.timeout`` and ``wait_for`` work there); 3.11 gets :func:`_finish`.
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 @dataclass(frozen=True)
@@ -122,11 +126,16 @@ class ControlServer:
     def _start(self, serve: Coroutine[Any, Any, None]) -> None:
         """Run a request's first step now; most requests (a run's record, a task) end
         there, answered in the loop turn that noticed them."""
-        try:
-            waiting = serve.send(None)
-        except StopIteration:
-            return
-        task = asyncio.create_task(_finish(serve, waiting))
+        if EAGER_TASKS:
+            task = asyncio.Task(serve, eager_start=True)  # type: ignore[call-arg]
+            if task.done():
+                return
+        else:
+            try:
+                waiting = serve.send(None)
+            except StopIteration:
+                return
+            task = asyncio.create_task(_finish(serve, waiting))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -222,7 +231,8 @@ class ControlServer:
 async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
     """Drive ``coro``, which suspended on ``waiting`` (a future, or None for a bare yield)
     in a first step run outside any task, to its end: what Python 3.12's eager tasks do.
-    That first step has no current task, so it must not use ``asyncio.timeout``."""
+    That first step has no current task, so it must not use ``asyncio.timeout`` (which
+    ``wait_for`` does only from 3.12, where :data:`EAGER_TASKS` takes this path's place)."""
     while True:
         cancelled = None
         try:
