@@ -127,7 +127,8 @@ class ControlServer:
         """Run a request's first step now; most requests (a run's record, a task) end
         there, answered in the loop turn that noticed them."""
         if EAGER_TASKS:
-            task = asyncio.Task(serve, eager_start=True)  # type: ignore[call-arg]
+            loop = asyncio.get_running_loop()
+            task = asyncio.Task(serve, loop=loop, eager_start=True)  # type: ignore[call-arg]
             if task.done():
                 return
         else:
