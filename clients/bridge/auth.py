@@ -96,7 +96,7 @@ class Identity:
 
 
 OWNER_IDENTITY = Identity(OWNER, frozenset(accounts.PERMISSIONS))
-IDENTITY = "duft.identity"  # request key
+IDENTITY = web.RequestKey("duft.identity", Identity)  # who made the request
 
 
 class FailedLogins:
