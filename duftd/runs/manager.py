@@ -162,7 +162,7 @@ class RunManager:
             NewRun(task.address, requested_by, resolved.values, resolved.ignored, spec),
             task,
             config,
-            tuple(secret_values(config, task)),
+            secret_values(config, task),
             asyncio.get_running_loop().create_future(),
         )
         self._waiting.append(waiting)
@@ -408,7 +408,7 @@ class RunManager:
         """The secrets a task's runs see under the current config (none if it is gone)."""
         config = self._config.current
         task = config.tasks.get(address)
-        return tuple(secret_values(config, task)) if task is not None else ()
+        return secret_values(config, task) if task is not None else ()
 
     async def shutdown(self, reason: str = "duftd is shutting down") -> None:
         """Refuse new runs, cancel every live one and wait until each is recorded."""
