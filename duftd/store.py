@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -137,6 +137,28 @@ def _insert_events_sql(rows: int) -> str:
     )
 
 
+# Runs per INSERT statement of create_runs: 7 parameters each, as many as the events'.
+RUNS_PER_INSERT = 500
+
+
+@functools.cache
+def _insert_runs_sql(rows: int) -> str:
+    return (
+        "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, created_at) "
+        f"VALUES {','.join(['(?, ?, ?, ?, ?, ?, ?)'] * rows)}"
+    )
+
+
+class NewRun(NamedTuple):
+    """A run to create: its task, who asked, its parameters and its task's spec (JSON)."""
+
+    task_id: str
+    requested_by: str
+    params: dict[str, Any]
+    ignored: dict[str, str]
+    spec: str
+
+
 # Runs one write (a coroutine function) and returns its result: the daemon passes its one
 # writer's, so that retention's transactions take turns with the events'.
 Writer = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -208,33 +230,45 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def create_run(
-        self,
-        task_id: str,
-        requested_by: str,
-        params: dict[str, Any],
-        ignored: dict[str, str],
-        spec: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Insert a queued run and return it as a dict."""
+    async def create_runs(self, runs: Sequence[NewRun]) -> list[dict[str, Any]]:
+        """Insert queued runs in one transaction; returns them as dicts, in the same order.
+
+        Submits arriving together are stored together: a multi-row ``INSERT``, the rows
+        read back, one commit; three hand-overs to the writer's thread for the lot, where
+        each run alone took five. (Not ``RETURNING``: SQLite has it only from 3.35.)"""
+        if not runs:
+            return []
         now = time.time()
-        cursor = await self._commit(
-            "INSERT INTO runs (task_id, state, requested_by, params, ignored, spec, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                task_id,
-                State.QUEUED,
-                requested_by,
-                json.dumps(params),
-                json.dumps(ignored),
-                json.dumps(spec),
-                now,
-            ),
-        )
-        # Read back on the writing connection: the reader may hold an older snapshot.
-        run = await self._fetch_run(self._db, cursor.lastrowid or 0)
-        assert run is not None
-        return run
+        try:
+            for first in range(0, len(runs), RUNS_PER_INSERT):
+                chunk = runs[first : first + RUNS_PER_INSERT]
+                args = chain.from_iterable(
+                    (
+                        run.task_id,
+                        State.QUEUED,
+                        run.requested_by,
+                        json.dumps(run.params),
+                        json.dumps(run.ignored),
+                        run.spec,
+                        now,
+                    )
+                    for run in chunk
+                )
+                cursor = await self._db.execute(_insert_runs_sql(len(chunk)), list(args))
+            # One writer, in one transaction: the rows took the ids after the table's
+            # largest, one by one in the order of the VALUES, so the last id says them all.
+            last = cursor.lastrowid or 0
+            rows = await self._db.execute_fetchall(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE id > ? ORDER BY id", (last - len(runs),)
+            )
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            raise
+        created = [_run_dict(row) for row in rows]
+        assert [run["task_id"] for run in created] == [run.task_id for run in runs]
+        return created
 
     async def update_run(self, run_id: int, **fields: Any) -> None:
         unknown = set(fields) - UPDATABLE
@@ -272,12 +306,6 @@ class Store:
         row = self._lookup.execute(
             f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
-        return _run_dict(row) if row else None
-
-    @staticmethod
-    async def _fetch_run(db: aiosqlite.Connection, run_id: int) -> dict[str, Any] | None:
-        async with db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)) as cursor:
-            row = await cursor.fetchone()
         return _run_dict(row) if row else None
 
     async def list_runs(

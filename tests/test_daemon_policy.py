@@ -122,6 +122,48 @@ def test_queue_runs_one_at_a_time_in_submit_order(
     assert [run["task_id"] for run in by_start] == tasks
 
 
+def test_pipelined_submits_are_each_answered_with_their_own_stored_run_in_order(
+    config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """Submits sent without waiting for replies (stored together) each get their own run,
+    numbered in the order they were sent, queued with the queued state as its first event;
+    a repeat among them joins; the queue starts them in that order."""
+    add_worker_task(config_dir, "HOLDER", "gated", dataConnections=["ANA"])
+    tasks = [f"BRIEF-{i:02d}" for i in range(12)]
+    for task in tasks:
+        add_worker_task(config_dir, task, "brief")
+    daemon = daemon_factory(config_dir, "--max-concurrent", "1")
+    holder = daemon.submit("HOLDER")["run"]["id"]
+    read_note(config_dir, "ready", holder)
+    key = daemon.client.info.key
+    sent = [*tasks, tasks[0]]
+    with RawSocket(zmq.DEALER, daemon.client.info.control) as control:
+        for task in sent:
+            control.send(encode_request(Op.SUBMIT, {"task": task}, key, CLIENT_SIGNER))
+        replies = []
+        for _ in sent:
+            reply = control.recv()
+            assert reply is not None
+            body = json.loads(reply[2])
+            assert body["ok"], body
+            replies.append(body["result"])
+    created = {r["run"]["task_id"]: r["run"]["id"] for r in replies if not r["joined"]}
+    run_ids = [created[task] for task in tasks]
+    assert run_ids == sorted(run_ids) and len(set(run_ids)) == len(tasks)
+    (repeat,) = [r for r in replies if r["joined"]]
+    assert repeat["run"]["id"] == created[tasks[0]]
+    assert all(r["run"]["state"] == "queued" for r in replies)
+    assert daemon.request(Op.HEALTH)["queued"] == len(tasks)
+    for run_id in run_ids:
+        first = daemon.events(run_id)[0]
+        assert (first["seq"], first["kind"], first["data"]["state"]) == (1, "state", "queued")
+    open_gate(config_dir, holder)
+    runs = [daemon.wait_final(run_id) for run_id in run_ids]
+    assert all(run["state"] == "succeeded" for run in runs)
+    by_start = sorted(runs, key=lambda run: run["started_at"])
+    assert [run["id"] for run in by_start] == run_ids
+
+
 def test_cancel_kills_the_whole_process_tree(
     config_dir: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:

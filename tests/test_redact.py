@@ -84,7 +84,7 @@ def test_short_password_is_warned_about_at_config_load(tmp_path: Path) -> None:
     (warning,) = [d for d in config.diagnostics if d.connection_id == "DB"]
     assert warning.severity == "warning"
     assert warning.field == "dataConnectionParameters.pw" and "shorter than 4" in warning.message
-    assert task_secrets(config, config.task("T")) == ["long-token"]
+    assert task_secrets(config, config.task("T")) == ("long-token",)
 
 
 def test_task_address_longer_than_the_wire_accepts_is_not_runnable(tmp_path: Path) -> None:

@@ -198,12 +198,31 @@ def test_secret_values_cover_passwords_of_every_connection(tmp_path: Path) -> No
         "OTHER": {"password": "not-this-task"},
     }
     config = config_with(tmp_path, {}, dataConnectionParameters=values)
-    assert secret_values(config, config.task("T")) == [
+    assert secret_values(config, config.task("T")) == (
         "not-this-task",
         "hunter2",
         "98765",
         "k-123",
-    ]
+    )
+
+
+def test_secret_values_follow_each_tasks_app_and_connections(tmp_path: Path) -> None:
+    """A password field an app's connection declares is a secret for that app's tasks only,
+    whichever task asks first and however often."""
+    values = {"DB": {"pw": "hunter2"}, "LAB": {"pin": "98765432"}}
+    config_with(tmp_path, {}, dataConnectionParameters=values)
+    app = tmp_path / "cfg" / "apps" / "lab"
+    (app / "data_tasks").mkdir(parents=True)
+    (app / "data_tasks" / "u.py").write_text("")
+    entry = {"id": "U", "pythonFile": "u.py", "dataConnections": ["LAB"]}
+    (app / "data_tasks.json").write_text(json.dumps({"dataTasks": [entry]}))
+    lab = {"id": "LAB", "params": [{"name": "pin", "type": "password"}]}
+    (app / "data_connections.json").write_text(json.dumps({"dataConnections": [lab]}))
+    config = load_config(tmp_path / "cfg")
+    system, in_app = config.task("T"), config.task("lab:U")
+    for _ in range(2):
+        assert secret_values(config, system) == ("hunter2",)
+        assert secret_values(config, in_app) == ("98765432", "hunter2")
 
 
 def test_fixture_secrets(fixtures_dir: Path) -> None:
@@ -212,7 +231,7 @@ def test_fixture_secrets(fixtures_dir: Path) -> None:
     config = load_config(fixtures_dir)
     secrets = secret_values(config, config.task("UPLOAD"))
     assert {"mysecretword", "--------", "Namibia23"} <= set(secrets)
-    assert secrets == sorted(secrets, key=lambda s: (-len(s), s))
+    assert list(secrets) == sorted(secrets, key=lambda s: (-len(s), s))
 
 
 def test_undeclared_connection_is_handed_over_unless_strict(fixtures_dir: Path) -> None:

@@ -9,16 +9,21 @@ from pathlib import Path
 import pytest
 
 from duftd import store as store_module
-from duftd.store import MIGRATIONS, Store
+from duftd.store import MIGRATIONS, NewRun, Store
+
+
+async def _queued_run(store: Store, task: str) -> int:
+    (run,) = await store.create_runs([NewRun(task, "test", {}, {}, "{}")])
+    return run["id"]
 
 
 async def _finished_run(store: Store, task: str, created_at: float | None = None) -> int:
-    run = await store.create_run(task, "test", {}, {}, {})
-    await store.update_run(run["id"], state="succeeded", ended_at=time.time())
+    run_id = await _queued_run(store, task)
+    await store.update_run(run_id, state="succeeded", ended_at=time.time())
     if created_at is not None:
         with sqlite3.connect(store.path) as db:
-            db.execute("UPDATE runs SET created_at = ? WHERE id = ?", (created_at, run["id"]))
-    return run["id"]
+            db.execute("UPDATE runs SET created_at = ? WHERE id = ?", (created_at, run_id))
+    return run_id
 
 
 async def test_a_version_one_store_is_migrated_in_place(tmp_path: Path) -> None:
@@ -39,6 +44,29 @@ async def test_a_version_one_store_is_migrated_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_runs_created_together_come_back_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs created in one call (several statements of one transaction) are returned in
+    the order given, as stored, with ascending ids."""
+    monkeypatch.setattr(store_module, "RUNS_PER_INSERT", 2)
+    store = await Store.open(tmp_path / "runs.sqlite")
+    try:
+        await _queued_run(store, "FIRST")
+        wanted = [
+            NewRun(f"T{i}", "cli", {"n": i}, {"x": "why"} if i % 2 else {}, "{}") for i in range(5)
+        ]
+        created = await store.create_runs(wanted)
+        assert [(r["task_id"], r["params"], r["ignored"]) for r in created] == [
+            (w.task_id, w.params, w.ignored) for w in wanted
+        ]
+        assert [r["id"] for r in created] == list(range(2, 7))
+        assert all(r["state"] == "queued" and r["requested_by"] == "cli" for r in created)
+        assert [await store.get_run(r["id"]) for r in created] == created
+    finally:
+        await store.close()
 
 
 def _counted(path: Path) -> dict[str, int]:
@@ -70,7 +98,7 @@ async def test_a_version_two_store_gains_the_history_indexes_and_run_counts(
         assert (await store.events_after(1, 0, 10))[0]["data"] == {"message": "kept"}
         assert await store.counts_by_state() == _counted(path)
         assert _counted(path) == {"failed": 1, "succeeded": 2, "running": 1}
-        new = (await store.create_run("NEW", "test", {}, {}, {}))["id"]
+        new = await _queued_run(store, "NEW")
         await store.update_run(4, state="lost", ended_at=2.0)
         await store.update_run(new, state="running")
         await store.update_run(new, state="running")  # unchanged: counted once
@@ -97,7 +125,7 @@ async def test_retention_deletes_old_and_surplus_finished_runs_with_their_events
     try:
         old = await _finished_run(store, "A", created_at=time.time() - 10 * 86400)
         recent_a = [await _finished_run(store, "A") for _ in range(3)]
-        active = (await store.create_run("A", "test", {}, {}, {}))["id"]
+        active = await _queued_run(store, "A")
         b = await _finished_run(store, "B")
         await store.insert_events([(old, 1, 1.0, "log", "{}"), (recent_a[0], 1, 1.0, "log", "{}")])
 
@@ -133,7 +161,7 @@ async def test_events_page_in_sequence_order(tmp_path: Path) -> None:
     """events_after returns a run's events after a sequence number, in order, up to a limit."""
     store = await Store.open(tmp_path / "runs.sqlite")
     try:
-        run = (await store.create_run("A", "test", {}, {}, {}))["id"]
+        run = await _queued_run(store, "A")
         await store.insert_events(
             [(run, seq, float(seq), "log", f'{{"n": {seq}}}') for seq in range(1, 11)]
         )
@@ -156,7 +184,7 @@ async def test_retention_in_small_batches_keeps_exactly_the_newest_runs_per_task
     store = await Store.open(tmp_path / "runs.sqlite")
     try:
         runs = [await _finished_run(store, "A") for _ in range(150)]
-        slow = (await store.create_run("A", "test", {}, {}, {}))["id"]  # active: never counted
+        slow = await _queued_run(store, "A")  # active: never counted
         other = [await _finished_run(store, "B") for _ in range(3)]
         await store.insert_events(
             [(run, seq, 1.0, "log", "{}") for run in [*runs, *other] for seq in range(1, 8)]

@@ -12,6 +12,7 @@ A bare id that is no system task but exists in exactly one app means that app ta
 from __future__ import annotations
 
 import difflib
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,15 +27,19 @@ Severity = Literal["error", "warning"]
 def script_file_problem(folder: Path, name: str) -> str | None:
     """Why ``folder/name`` is no script file to run now (missing, not a file, links out)."""
     path = folder / name
-    # Only a link can lead out of the folder (``name`` is a bare file name); resolving
-    # every task's path was a third of loading a 5,000-task config.
-    if path.is_symlink():
-        target = path.resolve()
-        if not target.is_relative_to(folder.resolve()):
-            return f"pythonFile {name!r} is a link to {target}, outside {folder}"
-    if not path.exists():
+    # One lstat answers for a plain file (every submit looks again); only a link is
+    # followed. Only a link can lead out of the folder (``name`` is a bare file name);
+    # resolving every task's path was a third of loading a 5,000-task config.
+    try:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            target = path.resolve()
+            if not target.is_relative_to(folder.resolve()):
+                return f"pythonFile {name!r} is a link to {target}, outside {folder}"
+            mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
         return f"pythonFile {name!r} not found: expected {path}"
-    if not path.is_file():
+    if not stat.S_ISREG(mode):
         return f"pythonFile {name!r} is not a file: {path}"
     return None
 
@@ -180,6 +185,10 @@ class LoadedConfig:
     user: UserConfig = field(default_factory=UserConfig)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     identity: tuple[int, int] | None = None  # the folder loaded (loader.folder_identity)
+    # resolve.secret_values by (app, declared connections): filled as tasks are submitted.
+    secrets_by_scope: dict[tuple[str | None, tuple[str, ...]], tuple[str, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def errors(self) -> list[Diagnostic]:

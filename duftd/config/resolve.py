@@ -144,12 +144,19 @@ def resolve_connection(
     return copy.deepcopy(values.get(connection_id, {}))
 
 
-def secret_values(config: LoadedConfig, task: TaskSpec) -> list[str]:
+def secret_values(config: LoadedConfig, task: TaskSpec) -> tuple[str, ...]:
     """Values to mask in the task's logs, longest first (so no secret is half-masked)."""
+    # They depend on the task's app and declared connections only (and the config, which
+    # a reload replaces whole): worked out once for all tasks alike, not at each submit.
+    key = (task.app, tuple(task.data_connections))
+    found = config.secrets_by_scope.get(key)
+    if found is not None:
+        return found
     specs = config.connections_for(task)
     secrets: set[str] = set()
     fetchable = {**config.user.data_connection_parameters, **resolve_connections(config, task)}
     for cid, values in fetchable.items():
         spec = specs.get(cid)
         secrets |= redact.secret_values(values, spec.password_fields if spec else ())
-    return sorted(secrets, key=lambda s: (-len(s), s))
+    found = config.secrets_by_scope[key] = tuple(sorted(secrets, key=lambda s: (-len(s), s)))
+    return found

@@ -15,6 +15,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from duftd.pipeline import EventPipeline, RunChannel, is_storage_full
 from duftd.runs.launchers import Launcher, LocalLauncher
 from duftd.runs.run import LiveRun, LiveRuns, RunPlaces, mask_notebook, run_folder
 from duftd.runs.supervisor import Limits, Outcome
-from duftd.store import Store
+from duftd.store import NewRun, Store
 
 log = structlog.get_logger("duftd.runs")
 
@@ -48,6 +49,17 @@ __all__ = ["RunManager", "RunPlaces"]
 PLACEMENT = ("pid", "dask_worker", "host")
 # On stop, how long recording the cancelled runs may take beyond the cancel grace.
 SHUTDOWN_RECORD_S = 3.0
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A submitted run waiting for its row: what to store, and what its submitter awaits."""
+
+    new: NewRun
+    task: TaskSpec
+    config: LoadedConfig
+    secrets: tuple[str, ...]
+    record: asyncio.Future[dict[str, Any]]
 
 
 async def _nothing() -> None:
@@ -78,6 +90,9 @@ class RunManager:
         self._active_by_task: dict[str, LiveRun] = {}
         self._queue: deque[LiveRun] = deque()
         self._submit_locks: dict[str, asyncio.Lock] = {}
+        # Submitted runs not yet stored, and the task storing them (_create_waiting).
+        self._waiting: list[_Waiting] = []
+        self._creator: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = True
         known_ahead = spawn.worker_environment(
@@ -140,36 +155,71 @@ class RunManager:
     async def _create(
         self, task: TaskSpec, config: LoadedConfig, resolved: ResolvedParameters, requested_by: str
     ) -> tuple[dict[str, Any], dict[str, str], bool]:
+        """Create the run with the others submitted meanwhile (see _create_waiting); its
+        row is committed when this returns."""
+        spec = task.model_dump_json(by_alias=True)
+        waiting = _Waiting(
+            NewRun(task.address, requested_by, resolved.values, resolved.ignored, spec),
+            task,
+            config,
+            secret_values(config, task),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._waiting.append(waiting)
+        if self._creator is None:
+            self._creator = asyncio.create_task(self._create_waiting(), name="create-runs")
         try:
-            record = await self.pipeline.write(
-                lambda: self.store.create_run(
-                    task.address,
-                    requested_by,
-                    resolved.values,
-                    resolved.ignored,
-                    task.model_dump(mode="json", by_alias=True),
-                ),
-                retry=False,
-            )
+            record = await waiting.record
         except Exception as error:
             if is_storage_full(error):
                 raise self._storage_full_error() from None
             raise
-        channel = RunChannel(record["id"], task.address, tuple(secret_values(config, task)))
+        return record, resolved.ignored, False
+
+    async def _create_waiting(self) -> None:
+        """Store the runs waiting to be created, all in one transaction, until none wait.
+
+        Submits that arrive while one batch is being written are written together next:
+        a burst costs a commit per batch instead of one per run, and nothing waits for a
+        timer. Each run is registered, queued and told to its submitter in id order once
+        its row is committed, so the row exists before any event of the run."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    records = await self.pipeline.write(
+                        lambda batch=batch: self.store.create_runs([w.new for w in batch]),
+                        retry=False,
+                    )
+                except Exception as error:
+                    for waiting in batch:
+                        if not waiting.record.done():
+                            waiting.record.set_exception(error)
+                    continue
+                for waiting, record in zip(batch, records, strict=True):
+                    self._register(waiting, record)
+                    if not waiting.record.done():  # its submitter may be gone; the run is not
+                        waiting.record.set_result(record)
+                self._pump()
+        finally:
+            self._creator = None
+
+    def _register(self, waiting: _Waiting, record: dict[str, Any]) -> None:
+        """A created run becomes live, active for its task, and queued."""
+        task, config = waiting.task, waiting.config
+        channel = RunChannel(record["id"], task.address, waiting.secrets)
         run = LiveRun(
             id=record["id"],
             task=task,
             config=config,
-            params=resolved.values,
+            params=waiting.new.params,
             link=RunLink(secrets.token_hex(32).encode(), channel),
             folder=run_folder(self.places.state_dir, record["id"]),
         )
         self._live.add(run)
         self._active_by_task[task.address] = run
-        self._emit_state(run, State.QUEUED, {"requested_by": requested_by})
+        self._emit_state(run, State.QUEUED, {"requested_by": waiting.new.requested_by})
         self._queue.append(run)
-        self._pump()
-        return record, resolved.ignored, False
 
     def _storage_full_error(self) -> StorageFullError:
         folder = self.store.path.parent
@@ -358,7 +408,7 @@ class RunManager:
         """The secrets a task's runs see under the current config (none if it is gone)."""
         config = self._config.current
         task = config.tasks.get(address)
-        return tuple(secret_values(config, task)) if task is not None else ()
+        return secret_values(config, task) if task is not None else ()
 
     async def shutdown(self, reason: str = "duftd is shutting down") -> None:
         """Refuse new runs, cancel every live one and wait until each is recorded."""
