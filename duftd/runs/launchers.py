@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from duftd.runs.run import LiveRun
 
 LAUNCHERS = ("local", "dask")
+# A script worker needs ~200M instructions (50-100 ms) to import pyzmq and the task tools,
+# longer than a trivial script runs (~20 ms): while script runs start within this many
+# seconds of each other a second spare is kept (~21 MB), so the one handed over has had
+# two runs' time to get ready.
+SCRIPT_BURST_S = 30.0
 
 
 class Placed(Protocol):
@@ -73,9 +78,8 @@ class LocalLauncher:
         self._pipeline = pipeline
         self._env = env
         self._cwd = cwd
-        # A script worker is ready in ~30 ms, so one spare keeps up with any pace.
         self._spares = {
-            "script": SparePool("script", env, cwd, spares),
+            "script": SparePool("script", env, cwd, spares, SCRIPT_BURST_S),
             "notebook": SparePool("notebook", env, cwd, spares, notebook_burst_s),
         }
 
