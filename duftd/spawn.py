@@ -103,20 +103,35 @@ async def wait_exit(process: asyncio.subprocess.Process) -> int:
         pidfd = os.pidfd_open(process.pid)
     except ProcessLookupError:
         pidfd = None
+    code = None
     if pidfd is not None:
         loop = asyncio.get_running_loop()
         gone = loop.create_future()
         loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
         try:
             await gone
+            code = exit_status(pidfd)
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-    # The child watcher reaps it a moment later and offers nothing to await.
-    while process.returncode is None:  # noqa: ASYNC110
+    # Else the child watcher has reaped it, or does so a moment later (nothing to await).
+    while code is None and process.returncode is None:  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     _launchers.discard(process.pid)
-    return process.returncode
+    return code if code is not None else process.returncode
+
+
+def exit_status(pidfd: int) -> int | None:
+    """The exit status of the exited child behind ``pidfd`` (minus the signal that killed
+    it), read without reaping it: the child watcher still reaps it, and took 1-2 ms more
+    to say. None if the watcher was first."""
+    try:
+        seen = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if seen is None:
+        return None
+    return seen.si_status if seen.si_code == os.CLD_EXITED else -seen.si_status
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
