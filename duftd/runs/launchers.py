@@ -88,9 +88,12 @@ class LocalLauncher:
             pool.start()
 
     async def place(self, run: LiveRun, limits: Limits) -> RunSupervisor:
-        kind = run.task.kind
-        worker = self._spares[kind].take() or await start_worker(kind, self._env, self._cwd)
-        return RunSupervisor(worker, limits, self._pipeline, run.link)
+        pool = self._spares[run.task.kind]
+        worker = pool.take()
+        if worker is None:
+            pool.start()
+            worker = await start_worker(run.task.kind, self._env, self._cwd)
+        return RunSupervisor(worker, limits, self._pipeline, run.link, on_started=pool.start)
 
     def health(self) -> dict[str, Any]:
         return {"launcher": self.name}
