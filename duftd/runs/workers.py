@@ -62,7 +62,7 @@ class Worker:
     """A started worker waiting for its job, with the reading ends of its pipes."""
 
     kind: str  # "script" or "notebook"
-    process: asyncio.subprocess.Process
+    process: spawn.WorkerProcess
     worker_id: str
     stdout: int
     stderr: int
@@ -70,17 +70,17 @@ class Worker:
 
     async def assign(self, job: Job) -> None:
         """Hand the worker its run: one JSON line on stdin, then end of input."""
-        stdin = self.process.stdin
-        assert stdin is not None
-        stdin.write(job.encode())
-        await stdin.drain()
-        stdin.close()
+        try:
+            await spawn.write_all(self.process.stdin, job.encode())
+        finally:
+            self.process.close_stdin()
 
     def pipes(self) -> list[int]:
         """Reading ends, handed over to whoever reads them (which closes them)."""
         return [self.stdout, self.stderr, *self.channels]
 
     def close_pipes(self) -> None:
+        self.process.close_stdin()
         for fd in self.pipes():
             with contextlib.suppress(OSError):
                 os.close(fd)
