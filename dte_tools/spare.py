@@ -117,14 +117,21 @@ def finish(code: int, module: types.ModuleType) -> NoReturn:
     instructions with what a spare imports, 20-36 ms) is skipped. Only ``__del__`` methods
     of objects that imported modules still hold, other than files, do not run.
     """
+    steps = (
+        threading._shutdown,  # type: ignore[attr-defined] - what the interpreter calls
+        atexit._run_exitfuncs,
+        lambda: clear_namespace(module.__dict__),
+        gc.collect,
+        lambda: close_files(standard_streams()),
+        lambda: sys.stdout.flush(),
+        lambda: sys.stderr.flush(),
+    )
     try:
-        threading._shutdown()  # type: ignore[attr-defined] - what the interpreter calls
-        atexit._run_exitfuncs()
-        clear_namespace(module.__dict__)
-        gc.collect()
-        close_files(standard_streams())
-        for stream in (sys.stdout, sys.stderr):
-            _flush(stream)
+        for step in steps:
+            try:
+                step()
+            except BaseException as error:  # reported, and the exit goes on, as at exit
+                sys.unraisablehook(_Unraisable(error, step))
     finally:
         if code < 0:
             signal.signal(-code, signal.SIG_DFL)
@@ -151,12 +158,15 @@ def clear_namespace(names: dict[str, Any]) -> None:
 def standard_streams() -> list[Any]:
     """sys.stdin/stdout/stderr (the task's and the original ones) and the layers below
     them: flushed, never closed (as at the interpreter's exit)."""
-    found = []
+    found: list[Any] = []
     streams = (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__)
     for stream in streams:
-        while stream is not None:
+        while stream is not None and all(stream is not seen for seen in found):
             found.append(stream)
-            stream = getattr(stream, "buffer", None) or getattr(stream, "raw", None)
+            try:
+                stream = getattr(stream, "buffer", None) or getattr(stream, "raw", None)
+            except Exception:
+                stream = None
     return found
 
 
@@ -204,18 +214,11 @@ def _close(obj: Any) -> None:
         sys.unraisablehook(_Unraisable(error, obj))
 
 
-def _flush(stream: Any) -> None:
-    try:
-        stream.flush()
-    except Exception as error:
-        sys.unraisablehook(_Unraisable(error, stream))
-
-
 class _Unraisable:
     """What ``sys.unraisablehook`` takes: the interpreter's "Exception ignored in" report
-    of a failed close at exit."""
+    of what failed at exit."""
 
-    def __init__(self, error: Exception, obj: Any) -> None:
+    def __init__(self, error: BaseException, obj: Any) -> None:
         self.exc_type = type(error)
         self.exc_value = error
         self.exc_traceback = error.__traceback__
