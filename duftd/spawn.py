@@ -10,6 +10,7 @@ subreaper launcher (:mod:`duftd.reaper`) that does the same when the worker ends
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -33,6 +34,8 @@ WORKER_NICENESS = 5
 _cgroups: CgroupTree | None = None
 _reaper = False
 _launchers: set[int] = set()
+# Where workers are started (start_worker).
+_STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="duftd-start")
 
 
 def contain_workers(subreaper: bool = False) -> str:
@@ -99,10 +102,12 @@ async def start_worker(
 
     In a thread: the fork and exec hold their caller for 0.5-15 ms under load, which on
     the loop fell into another run's hand-over or end (a trivial script's end took 20 ms
-    longer while the next spare started)."""
+    longer while the next spare started). Threads of their own, so that nothing else run
+    in threads (a connection test waiting out its timeout) can hold up a worker's start."""
     if _reaper:
         argv = [sys.executable, "-I", reaper.__file__, *argv]
-    return await asyncio.to_thread(_start, argv, cwd, env, stdout, stderr, pass_fds)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_STARTER, _start, argv, cwd, env, stdout, stderr, pass_fds)
 
 
 def _start(
