@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """One run for a worker: its arguments, working folder and extra environment.
 
     ``argv`` is ``[script, parameters as JSON]`` for a script (as DUFT passes them) and
@@ -28,16 +26,20 @@ class Job:
     also gets them as its JSON argument, as in DUFT). ``secrets`` are the values a notebook
     runner masks in the executed notebook before it writes it; they are never put into
     the environment.
+
+    A named tuple rather than a dataclass: every worker and every standalone task imports
+    this, and ``dataclasses`` (with the ``inspect`` and ``ast`` it loads) was an eighth of
+    what a script worker imports before it is ready.
     """
 
     argv: list[str]
     cwd: str
     env: dict[str, str]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any]
     secrets: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self)).encode() + b"\n"
+        return json.dumps(self._asdict()).encode() + b"\n"
 
     @classmethod
     def read(cls, stream: IO[str]) -> Job | None:
