@@ -123,6 +123,18 @@ def bench_config(root: Path) -> Path:
     return config
 
 
+# Runs a task script standalone as DUFT's own tools do, passing the JSON argument through:
+# the reference of the script rows ("bare python script.py"). Our standalone tools also
+# resolve it with duftd's config code (pydantic and the whole config, 100+ ms); a
+# reference paying for that would flatter duftd, so that figure is printed as a note.
+AS_DUFT_STANDALONE = """\
+import runpy, sys
+from dte_tools import backends
+backends.StandaloneBackend.parameters = lambda self, given: given
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
 SCRIPT_TASK = """\
 import sys
 from services.dte_tools.data_task_tools import find_json_arg, initialise_data_task

@@ -288,6 +288,18 @@ class RawSocket:
     def send(self, frames: list[bytes]) -> None:
         self.socket.send_multipart(frames)
 
+    def offer(self, frames: list[bytes], timeout: float = 2.0) -> bool:
+        """Send, unless no peer takes it within ``timeout`` (False): a DEALER whose CURVE
+        handshake was refused has no peer left, and its send would block for ever."""
+        self.socket.sndtimeo = int(timeout * 1000)
+        try:
+            self.socket.send_multipart(frames)
+            return True
+        except zmq.Again:
+            return False
+        finally:
+            self.socket.sndtimeo = -1
+
     def recv(self, timeout: float = 10.0) -> list[bytes] | None:
         if not self.socket.poll(timeout * 1000):
             return None
