@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +44,6 @@ FRESHNESS_S = 300.0
 MAX_REMEMBERED_IDS = 100_000
 # Requests taken at a time before the loop turns.
 REQUEST_BURST = 100
-# Python 3.12 starts a task eagerly itself (its first step inside the task, so
-# ``asyncio.timeout`` and ``wait_for`` work there); 3.11 gets :func:`_finish`.
-EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 @dataclass(frozen=True)
@@ -94,10 +90,12 @@ class ControlServer:
         self._live_run = live_run
         self._replays = ReplayGuard()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Received and answered through a plain shadow, from a reader callback: an awaited
-        # recv resolves a future, wakes a task a loop turn later, and that task starts the
-        # request's task one more turn later, each turn behind every ready reader of an
-        # event flood.
+        # Received and answered through a plain shadow, from a reader callback, which starts
+        # each request's task at once: an awaited recv resolved a future, woke the receiving
+        # task a loop turn later, and that task started the request's task one more turn
+        # later, each turn behind every ready reader of an event flood. (Running a request's
+        # first step eagerly saved one more turn, but left Dask runs' requests unanswered
+        # now and then, cause not found: not done.)
         self._sync = zmq.Socket.shadow(socket.underlying)
 
     async def run(self) -> None:
@@ -117,28 +115,10 @@ class ControlServer:
                 frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                self._start(self._serve(frames))
-            except Exception:  # only a send can raise here; the next request goes on
-                log.exception("control reply failed")
+            task = asyncio.create_task(self._serve(frames))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         asyncio.get_running_loop().call_soon(self._take)
-
-    def _start(self, serve: Coroutine[Any, Any, None]) -> None:
-        """Run a request's first step now; most requests (a run's record, a task) end
-        there, answered in the loop turn that noticed them."""
-        if EAGER_TASKS:
-            loop = asyncio.get_running_loop()
-            task = asyncio.Task(serve, loop=loop, eager_start=True)  # type: ignore[call-arg]
-            if task.done():
-                return
-        else:
-            try:
-                waiting = serve.send(None)
-            except StopIteration:
-                return
-            task = asyncio.create_task(_finish(serve, waiting))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -227,23 +207,6 @@ class ControlServer:
         except ValidationError as error:
             raise BadRequestError(f"bad arguments for {envelope.op!r}: {_summary(error)}") from None
         return await operation.handler(caller, args)
-
-
-async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Drive ``coro``, which suspended on ``waiting`` (a future, or None for a bare yield)
-    in a first step run outside any task, to its end: what Python 3.12's eager tasks do.
-    That first step has no current task, so it must not use ``asyncio.timeout`` (which
-    ``wait_for`` does only from 3.12, where :data:`EAGER_TASKS` takes this path's place)."""
-    while True:
-        cancelled = None
-        try:
-            await (asyncio.sleep(0) if waiting is None else asyncio.wait([waiting]))
-        except asyncio.CancelledError as error:
-            cancelled = error
-        try:
-            waiting = coro.send(None) if cancelled is None else coro.throw(cancelled)
-        except StopIteration:
-            return
 
 
 def _summary(error: ValidationError) -> str:
