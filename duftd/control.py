@@ -42,8 +42,6 @@ log = structlog.get_logger("duftd.control")
 # A request older or newer than this is refused, and ids are remembered this long.
 FRESHNESS_S = 300.0
 MAX_REMEMBERED_IDS = 100_000
-# Requests taken at a time before the loop turns.
-REQUEST_BURST = 100
 
 
 @dataclass(frozen=True)
@@ -84,41 +82,20 @@ class ControlServer:
         operations: dict[str, Operation],
         live_run: Callable[[int], LiveRun | None],
     ) -> None:
-        self._socket = socket  # kept open through its shadow below
+        self._socket = socket
         self._key = key
         self._operations = operations
         self._live_run = live_run
         self._replays = ReplayGuard()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Received and answered through a plain shadow, from a reader callback, which starts
-        # each request's task at once: an awaited recv resolved a future, woke the receiving
-        # task a loop turn later, and that task started the request's task one more turn
-        # later, each turn behind every ready reader of an event flood. (Running a request's
-        # first step eagerly saved one more turn, but left Dask runs' requests unanswered
-        # now and then, cause not found: not done.)
-        self._sync = zmq.Socket.shadow(socket.underlying)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        fd = self._sync.FD
-        loop.add_reader(fd, self._take)
-        try:
-            self._take()  # what arrived before the reader was added
-            await loop.create_future()  # until cancelled
-        finally:
-            loop.remove_reader(fd)
-
-    def _take(self) -> None:
-        """Serve the requests waiting (a burst at a time: the loop turns in between)."""
-        for _ in range(REQUEST_BURST):
-            try:
-                frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while True:
+            frames = await self._socket.recv_multipart()
             task = asyncio.create_task(self._serve(frames))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        asyncio.get_running_loop().call_soon(self._take)
+            await asyncio.sleep(0)  # let other loops in between bursts of requests
 
     async def _serve(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -149,11 +126,7 @@ class ControlServer:
             }
         body = json.dumps(reply, separators=(",", ":"), default=str).encode()
         signature = sign(key, body) if key else b""
-        self._sync.send_multipart([*prefix, PROTOCOL, signature, body], flags=zmq.NOBLOCK)
-        # A send may take the socket's readable signal with it (libzmq's edge-triggered
-        # descriptor): look for waiting requests once more.
-        if self._sync.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            asyncio.get_running_loop().call_soon(self._take)
+        await self._socket.send_multipart([*prefix, PROTOCOL, signature, body])
 
     def _authenticate(self, frames: list[bytes]) -> tuple[bytes, Caller, Envelope]:
         if len(frames) != 4 or frames[0] != PROTOCOL:
