@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import IO, Any, NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
 
 
-class Job(NamedTuple):
+@dataclass(frozen=True)
+class Job:
     """One run for a worker: its arguments, working folder and extra environment.
 
     ``argv`` is ``[script, parameters as JSON]`` for a script (as DUFT passes them) and
@@ -26,20 +28,16 @@ class Job(NamedTuple):
     also gets them as its JSON argument, as in DUFT). ``secrets`` are the values a notebook
     runner masks in the executed notebook before it writes it; they are never put into
     the environment.
-
-    A named tuple rather than a dataclass: every worker and every standalone task imports
-    this, and ``dataclasses`` (with the ``inspect`` and ``ast`` it loads) was an eighth of
-    what a script worker imports before it is ready.
     """
 
     argv: list[str]
     cwd: str
     env: dict[str, str]
-    params: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
-        return json.dumps(self._asdict()).encode() + b"\n"
+        return json.dumps(asdict(self)).encode() + b"\n"
 
     @classmethod
     def read(cls, stream: IO[str]) -> Job | None:

@@ -10,13 +10,10 @@ subreaper launcher (:mod:`duftd.reaper`) that does the same when the worker ends
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from dte_tools.wire import ENV_WORKER_ID
@@ -34,8 +31,6 @@ WORKER_NICENESS = 5
 _cgroups: CgroupTree | None = None
 _reaper = False
 _launchers: set[int] = set()
-# Where workers are started (start_worker).
-_STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="duftd-start")
 
 
 def contain_workers(subreaper: bool = False) -> str:
@@ -65,30 +60,6 @@ def worker_environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class WorkerProcess:
-    """A started worker: its pid, the writing end of its stdin (where its job goes), and
-    its exit status once it is reaped.
-
-    A thread of its own waits for it and reaps it, as asyncio's child watcher did; it was
-    started in a thread too (:func:`start_worker`)."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], stdin: int) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        self.stdin = stdin
-        threading.Thread(target=popen.wait, name=f"reap-{popen.pid}", daemon=True).start()
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status once reaped (a negative one: killed by that signal), else None."""
-        return self._popen.returncode
-
-    def close_stdin(self) -> None:
-        if self.stdin >= 0:
-            os.close(self.stdin)
-            self.stdin = -1
-
-
 async def start_worker(
     argv: list[str],
     cwd: Path,
@@ -96,116 +67,56 @@ async def start_worker(
     stdout: int,
     stderr: int,
     pass_fds: tuple[int, ...] = (),
-) -> WorkerProcess:
+) -> asyncio.subprocess.Process:
     """Start a worker in a new session, its output into the given pipes, ``pass_fds``
-    inherited, and its stdin a pipe (where it is handed its job).
-
-    In a thread: the fork and exec hold their caller for 0.5-15 ms under load, which on
-    the loop fell into another run's hand-over or end (a trivial script's end took 20 ms
-    longer while the next spare started). Threads of their own, so that nothing else run
-    in threads (a connection test waiting out its timeout) can hold up a worker's start."""
+    inherited, and its stdin a pipe (where it is handed its job)."""
     if _reaper:
         argv = [sys.executable, "-I", reaper.__file__, *argv]
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_STARTER, _start, argv, cwd, env, stdout, stderr, pass_fds)
-
-
-def _start(
-    argv: list[str],
-    cwd: Path,
-    env: dict[str, str],
-    stdout: int,
-    stderr: int,
-    pass_fds: tuple[int, ...],
-) -> WorkerProcess:
-    job_read, job_write = os.pipe2(os.O_CLOEXEC)
-    try:
-        popen = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=job_read,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            start_new_session=True,
-        )
-    except BaseException:
-        os.close(job_write)
-        raise
-    finally:
-        os.close(job_read)
-    os.set_blocking(job_write, False)
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=pass_fds,
+        start_new_session=True,
+    )
     # The worker may be importing already, but it runs no task code before its job arrives
     # on stdin, which is written only after this adopt: all the task starts is inside.
     if _cgroups is not None and ENV_WORKER_ID in env:
-        _cgroups.adopt(env[ENV_WORKER_ID], popen.pid)
+        _cgroups.adopt(env[ENV_WORKER_ID], process.pid)
     if _reaper:
-        _launchers.add(popen.pid)
+        _launchers.add(process.pid)
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, popen.pid, WORKER_NICENESS)
-    return WorkerProcess(popen, job_write)
+        os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)
+    return process
 
 
-async def write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` into a non-blocking pipe, waiting whenever it is full."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            await _writable(fd)
-
-
-async def _writable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    room = loop.create_future()
-    loop.add_writer(fd, lambda: room.done() or room.set_result(None))
-    try:
-        await room
-    finally:
-        loop.remove_writer(fd)
-
-
-async def wait_exit(process: WorkerProcess) -> int:
+async def wait_exit(process: asyncio.subprocess.Process) -> int:
     """The process's exit status, as soon as it exits.
 
-    A pidfd says when the process itself is gone (its output pipes may stay open longer,
-    held by a leftover child).
+    ``Process.wait()`` also waits for the output pipes to close, which a leftover child
+    holding them could delay forever; a pidfd says when the process itself is gone.
     """
     try:
         pidfd = os.pidfd_open(process.pid)
     except ProcessLookupError:
         pidfd = None
-    code = None
     if pidfd is not None:
         loop = asyncio.get_running_loop()
         gone = loop.create_future()
         loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
         try:
             await gone
-            code = exit_status(pidfd)
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-    # Else its reaping thread was first, or is a moment from it (nothing to await).
-    while code is None and process.returncode is None:  # noqa: ASYNC110
+    # The child watcher reaps it a moment later and offers nothing to await.
+    while process.returncode is None:  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     _launchers.discard(process.pid)
-    return code if code is not None else process.returncode  # type: ignore[return-value]
-
-
-def exit_status(pidfd: int) -> int | None:
-    """The exit status of the exited child behind ``pidfd`` (minus the signal that killed
-    it), read without reaping it: the child watcher still reaps it, and took 1-2 ms more
-    to say. None if the watcher was first."""
-    try:
-        seen = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-    except ChildProcessError:
-        return None
-    if seen is None:
-        return None
-    return seen.si_status if seen.si_code == os.CLD_EXITED else -seen.si_status
+    return process.returncode
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:

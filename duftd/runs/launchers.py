@@ -20,11 +20,6 @@ if TYPE_CHECKING:
     from duftd.runs.run import LiveRun
 
 LAUNCHERS = ("local", "dask")
-# A script worker needs ~200M instructions (50-100 ms) to import pyzmq and the task tools,
-# longer than a trivial script runs (~20 ms): while script runs start within this many
-# seconds of each other a second spare is kept (~21 MB), so the one handed over has had
-# two runs' time to get ready.
-SCRIPT_BURST_S = 30.0
 
 
 class Placed(Protocol):
@@ -78,8 +73,9 @@ class LocalLauncher:
         self._pipeline = pipeline
         self._env = env
         self._cwd = cwd
+        # A script worker is ready in ~30 ms, so one spare keeps up with any pace.
         self._spares = {
-            "script": SparePool("script", env, cwd, spares, SCRIPT_BURST_S),
+            "script": SparePool("script", env, cwd, spares),
             "notebook": SparePool("notebook", env, cwd, spares, notebook_burst_s),
         }
 
@@ -88,12 +84,9 @@ class LocalLauncher:
             pool.start()
 
     async def place(self, run: LiveRun, limits: Limits) -> RunSupervisor:
-        pool = self._spares[run.task.kind]
-        worker = pool.take()
-        if worker is None:
-            pool.start()
-            worker = await start_worker(run.task.kind, self._env, self._cwd)
-        return RunSupervisor(worker, limits, self._pipeline, run.link, on_started=pool.start)
+        kind = run.task.kind
+        worker = self._spares[kind].take() or await start_worker(kind, self._env, self._cwd)
+        return RunSupervisor(worker, limits, self._pipeline, run.link)
 
     def health(self) -> dict[str, Any]:
         return {"launcher": self.name}

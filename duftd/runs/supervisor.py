@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,17 +46,9 @@ class RunSupervisor:
     """Runs one worker process group to its end; ``stop()`` ends it early."""
 
     def __init__(
-        self,
-        worker: Worker,
-        limits: Limits,
-        pipeline: EventPipeline,
-        link: RunLink,
-        on_started: Callable[[], None] | None = None,
+        self, worker: Worker, limits: Limits, pipeline: EventPipeline, link: RunLink
     ) -> None:
         self._worker = worker
-        # Called once the worker has its job (or will never get it): where the next spare
-        # is started, out of the hand-over.
-        self._on_started = on_started
         self._limits = limits
         self._link = link
         self._input = RunInput(pipeline, link)
@@ -78,12 +69,6 @@ class RunSupervisor:
     def discard(self) -> None:
         """End the worker before it was given its job."""
         self._worker.discard()
-        self._started()
-
-    def _started(self) -> None:
-        if self._on_started is not None:
-            self._on_started()
-            self._on_started = None
 
     async def start(self, job: Job) -> dict[str, Any]:
         """Read the worker's pipes into the run and hand it its job; the run record's
@@ -93,13 +78,11 @@ class RunSupervisor:
         try:
             await worker.assign(job)
         except (BrokenPipeError, ConnectionResetError) as error:
-            self._started()
             self._kill_leftovers()
             await self._input.settled()
             self._input.close()
             self._worker.tidy()
             raise OSError(f"the worker went away before its run: {error}") from None
-        self._started()
         return {"pid": self.pid}
 
     def stop(self, state: str, reason: str) -> None:

@@ -62,7 +62,7 @@ class Worker:
     """A started worker waiting for its job, with the reading ends of its pipes."""
 
     kind: str  # "script" or "notebook"
-    process: spawn.WorkerProcess
+    process: asyncio.subprocess.Process
     worker_id: str
     stdout: int
     stderr: int
@@ -70,17 +70,17 @@ class Worker:
 
     async def assign(self, job: Job) -> None:
         """Hand the worker its run: one JSON line on stdin, then end of input."""
-        try:
-            await spawn.write_all(self.process.stdin, job.encode())
-        finally:
-            self.process.close_stdin()
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(job.encode())
+        await stdin.drain()
+        stdin.close()
 
     def pipes(self) -> list[int]:
         """Reading ends, handed over to whoever reads them (which closes them)."""
         return [self.stdout, self.stderr, *self.channels]
 
     def close_pipes(self) -> None:
-        self.process.close_stdin()
         for fd in self.pipes():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -181,11 +181,7 @@ class SparePool:
         self._give_back_extra()
 
     def take(self) -> Worker | None:
-        """The readiest live spare (None if there is none).
-
-        The caller starts the next ones (:meth:`start`) once the run has its job: starting
-        a worker holds the loop for the fork (0.5-15 ms under load), which would otherwise
-        fall in the middle of the hand-over it was taken for."""
+        """The readiest live spare (None if there is none), and the next ones on their way."""
         if self._burst_idle_s > 0:
             self._in_burst = True
             if self._burst_timer is not None:
@@ -198,6 +194,7 @@ class SparePool:
             if spare.process.returncode is not None:
                 spare.discard()  # dead, but its cgroup, leftovers and kernel folder are not
                 spare = None
+        self.start()
         return spare
 
     def _end_burst(self) -> None:
