@@ -191,16 +191,19 @@ class RunManager:
                         lambda batch=batch: self.store.create_runs([w.new for w in batch]),
                         retry=False,
                     )
+                    for waiting, record in zip(batch, records, strict=True):
+                        self._register(waiting, record)
+                        if not waiting.record.done():  # its submitter may be gone; not the run
+                            waiting.record.set_result(record)
+                    self._pump()
                 except Exception as error:
+                    # Told to every submitter still waiting (the store's refusal, or a bug in
+                    # registering), so that none of the batch waits for ever.
+                    if not is_storage_full(error):
+                        log.exception("creating submitted runs failed", runs=len(batch))
                     for waiting in batch:
                         if not waiting.record.done():
                             waiting.record.set_exception(error)
-                    continue
-                for waiting, record in zip(batch, records, strict=True):
-                    self._register(waiting, record)
-                    if not waiting.record.done():  # its submitter may be gone; the run is not
-                        waiting.record.set_result(record)
-                self._pump()
         finally:
             self._creator = None
 
