@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from dte_tools.wire import MAX_NAME_LENGTH
-from duftd.config.model import ParameterSpec, TaskSpec, script_file_problem
+from duftd.config.model import ParameterSpec, TaskSpec, folder_listing, script_file_problem
 from duftd.config.source import JsonDoc, Reporter, Where, json_type, keep_extra, unknown_hint
 
 TASK_FIELDS = {
@@ -76,6 +77,7 @@ def read_task_file(reporter: Reporter, path: Path, app: str | None) -> list[Task
         return []
     tasks: list[TaskSpec] = []
     seen: dict[str, tuple[int, Where]] = {}
+    scripts = folder_listing(path.parent / "data_tasks")
     for index, raw in enumerate(reporter.entries(doc, "dataTasks")):
         where = doc.where(raw)
         if not isinstance(raw, dict):
@@ -96,7 +98,7 @@ def read_task_file(reporter: Reporter, path: Path, app: str | None) -> list[Task
             reporter.report("error", doc.rel, message, task=tid, field="id", where=where)
             continue
         seen[tid] = (index, where)
-        tasks.append(_TaskBuilder(reporter, doc, path, app, raw, tid, where).build())
+        tasks.append(_TaskBuilder(reporter, doc, path, app, raw, tid, where, scripts).build())
     return tasks
 
 
@@ -112,9 +114,11 @@ class _TaskBuilder:
         raw: dict[str, Any],
         tid: str,
         where: Where,
+        scripts: dict[str, os.DirEntry[str]],
     ) -> None:
         self.reporter, self.doc, self.path, self.app = reporter, doc, path, app
         self.raw, self.tid, self.where = raw, tid, where
+        self.scripts = scripts  # the data_tasks/ folder's listing
         self.problems: list[str] = []
 
     def error(self, field: str | None, message: str, at: Where | None = None) -> None:
@@ -161,7 +165,10 @@ class _TaskBuilder:
                     f"pythonFile {python_file!r} contains a space: it runs, but quote it in shells"
                 )
                 self.warn("pythonFile", message)
-            file_checked, file_problem = True, script_file_problem(folder, python_file)
+            file_checked, file_problem = (
+                True,
+                script_file_problem(folder, python_file, self.scripts),
+            )
             if file_problem:
                 self.error("pythonFile", file_problem)
         task = TaskSpec(
