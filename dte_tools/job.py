@@ -5,19 +5,19 @@ stdin; the script worker (``dte_tools.spare``) and the notebook runner read it h
 worker's channel and kernel folder are not in it: they are given when the process starts,
 before its run is known (a warm spare starts ahead of need).
 
-Standard library only: task code imports this.
+Standard library only, and cheap to import: task code imports this, and so does every
+warm spare before its run (a dataclass would bring ``inspect`` in, 6 ms of a spare's
+start).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """One run for a worker: its arguments, working folder and extra environment.
 
     ``argv`` is ``[script, parameters as JSON]`` for a script (as DUFT passes them) and
@@ -33,11 +33,11 @@ class Job:
     argv: list[str]
     cwd: str
     env: dict[str, str]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any]
     secrets: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self)).encode() + b"\n"
+        return json.dumps(self._asdict()).encode() + b"\n"
 
     @classmethod
     def read(cls, stream: IO[str]) -> Job | None:

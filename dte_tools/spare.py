@@ -9,6 +9,7 @@ first on ``sys.path`` and the run's variables in ``os.environ``. Its events, and
 
 from __future__ import annotations
 
+import gc
 import os
 import runpy
 import sys
@@ -23,6 +24,10 @@ from dte_tools.job import Job
 
 
 def main(argv: list[str]) -> int:
+    # What the spare has loaded lives as long as the process: kept out of every collection
+    # the task triggers and out of the interpreter's last ones at exit, which were most of
+    # a short run's shutdown (~6 of ~7 ms).
+    gc.freeze()
     job = Job.read(sys.stdin)
     if job is None:
         return 0  # duftd stopped before handing us a run

@@ -20,7 +20,7 @@ import hmac
 import secrets
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -199,7 +199,7 @@ class DaskRun:
         daemon = self._launcher.daemon
         spec = {
             "run_id": self._run.id,
-            "job": asdict(job),
+            "job": job._asdict(),
             "kind": task.kind,
             "script": task.script_path.name,
             "execute_from_root": task.execute_from_root,

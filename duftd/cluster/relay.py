@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ class Relay:
             env = spawn.worker_environment(
                 {wire.ENV_CONTROL: f"ipc://{folder}/c", wire.ENV_INGEST: f"ipc://{folder}/i"}
             )
-            job = replace(job, env={**job.env, **_endpoints(env)})
+            job = job._replace(env={**job.env, **_endpoints(env)})
             worker = await start_worker(kind, env, Path(job.cwd))
             queue = self._queue
             supervisor = RunSupervisor(worker, Limits(None, grace_s), queue, self._link)  # type: ignore[arg-type]
@@ -329,4 +329,4 @@ def _localize(spec: dict[str, Any], job: Job, task_dir: Path, run_dir: Path, dat
     rest = job.argv[1:]
     if spec["kind"] == "notebook":
         rest = [str(run_dir / script.name)]
-    return replace(job, argv=[str(script), *rest], cwd=str(cwd), env=env)
+    return job._replace(argv=[str(script), *rest], cwd=str(cwd), env=env)
