@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dte_tools.wire import ENV_WORKER_ID
@@ -31,6 +32,8 @@ WORKER_NICENESS = 5
 _cgroups: CgroupTree | None = None
 _reaper = False
 _launchers: set[int] = set()
+# Not the default executor, which connection tests can fill.
+_containing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duftd-containment")
 
 
 def contain_workers(subreaper: bool = False) -> str:
@@ -84,8 +87,17 @@ async def start_worker(
     )
     # The worker may be importing already, but it runs no task code before its job arrives
     # on stdin, which is written only after this adopt: all the task starts is inside.
+    # Moving a process into a cgroup waits on the kernel (5-25 ms measured here), so it is
+    # done in a thread of its own while the loop goes on.
     if _cgroups is not None and ENV_WORKER_ID in env:
-        _cgroups.adopt(env[ENV_WORKER_ID], process.pid)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                _containing, _cgroups.adopt, env[ENV_WORKER_ID], process.pid
+            )
+        except BaseException:  # cancelled: nobody will ever hand this worker a job
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
     if _reaper:
         _launchers.add(process.pid)
     with contextlib.suppress(OSError):
