@@ -88,13 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start every worker cold instead of keeping a warm one of each kind ready",
     )
     parser.add_argument(
-        "--notebook-burst",
+        "--spare-burst",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="while notebook runs start within SECONDS of each other, keep a second warm "
-        "notebook runner (its kernel ready) and stop it after SECONDS without one; 0: one "
-        "spare only (default: %(default)s)",
+        help="while runs of a kind (script or notebook) start within SECONDS of each other, "
+        "keep a second warm worker of that kind and stop it after SECONDS without one; 0: "
+        "one spare of each kind only (default: %(default)s)",
     )
     parser.add_argument(
         "--strict-connections",
@@ -145,7 +145,7 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         retention_runs=args.retention_runs or None,
         curve_dir=args.curve_dir,
         spares=not args.no_spares,
-        notebook_burst_s=max(0.0, args.notebook_burst),
+        spare_burst_s=max(0.0, args.spare_burst),
         containment=args.containment,
         strict_connections=args.strict_connections,
         launcher=args.launcher,

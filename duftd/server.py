@@ -78,7 +78,7 @@ class DaemonOptions:
     retention_runs: int | None = 500
     curve_dir: Path | None = None
     spares: bool = True  # keep a warm worker of each kind ready (duftd.runs.workers)
-    notebook_burst_s: float = 30.0  # a second notebook spare until runs pause this long
+    spare_burst_s: float = 30.0  # a second spare of a kind until its runs pause this long
     containment: Literal["auto", "subreaper"] = "auto"  # subreaper: never cgroups
     strict_connections: bool = False  # refuse connections a task does not declare
     # Where runs execute (duftd.runs.launchers); None: the "launcher" setting, else local.
@@ -182,7 +182,7 @@ class Daemon:
             options.max_concurrent,
             options.cancel_grace_s,
             spares=options.spares,
-            notebook_burst_s=options.notebook_burst_s,
+            spare_burst_s=options.spare_burst_s,
             launcher=self._dask_launcher(),
         )
         ingest = Ingest(sockets["ingest"], self.pipeline, live.link)

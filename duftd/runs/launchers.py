@@ -68,15 +68,14 @@ class LocalLauncher:
         env: dict[str, str],
         cwd: Path,
         spares: bool,
-        notebook_burst_s: float = 0,
+        spare_burst_s: float = 0,
     ) -> None:
         self._pipeline = pipeline
         self._env = env
         self._cwd = cwd
-        # A script worker is ready in ~30 ms, so one spare keeps up with any pace.
         self._spares = {
-            "script": SparePool("script", env, cwd, spares),
-            "notebook": SparePool("notebook", env, cwd, spares, notebook_burst_s),
+            kind: SparePool(kind, env, cwd, spares, spare_burst_s)
+            for kind in ("script", "notebook")
         }
 
     def start(self) -> None:
@@ -84,9 +83,9 @@ class LocalLauncher:
             pool.start()
 
     async def place(self, run: LiveRun, limits: Limits) -> RunSupervisor:
-        kind = run.task.kind
-        worker = self._spares[kind].take() or await start_worker(kind, self._env, self._cwd)
-        return RunSupervisor(worker, limits, self._pipeline, run.link)
+        pool = self._spares[run.task.kind]
+        worker = pool.take() or await start_worker(pool.kind, self._env, self._cwd)
+        return RunSupervisor(worker, limits, self._pipeline, run.link, handed_over=pool.start)
 
     def health(self) -> dict[str, Any]:
         return {"launcher": self.name}

@@ -77,7 +77,7 @@ class RunManager:
         max_concurrent: int,
         cancel_grace_s: float = 5.0,
         spares: bool = True,
-        notebook_burst_s: float = 0,
+        spare_burst_s: float = 0,
         launcher: Launcher | None = None,
     ) -> None:
         self.store = store
@@ -103,7 +103,7 @@ class RunManager:
             }
         )
         self.launcher: Launcher = launcher or LocalLauncher(
-            pipeline, known_ahead, config.current.root, spares, notebook_burst_s
+            pipeline, known_ahead, config.current.root, spares, spare_burst_s
         )
 
     # -- queries ---------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +47,16 @@ class RunSupervisor:
     """Runs one worker process group to its end; ``stop()`` ends it early."""
 
     def __init__(
-        self, worker: Worker, limits: Limits, pipeline: EventPipeline, link: RunLink
+        self,
+        worker: Worker,
+        limits: Limits,
+        pipeline: EventPipeline,
+        link: RunLink,
+        handed_over: Callable[[], None] = lambda: None,
     ) -> None:
         self._worker = worker
+        # Called once the worker has its job or never will (the next spare is started then).
+        self._handed_over = handed_over
         self._limits = limits
         self._link = link
         self._input = RunInput(pipeline, link)
@@ -69,6 +77,7 @@ class RunSupervisor:
     def discard(self) -> None:
         """End the worker before it was given its job."""
         self._worker.discard()
+        self._handed_over()
 
     async def start(self, job: Job) -> dict[str, Any]:
         """Read the worker's pipes into the run and hand it its job; the run record's
@@ -83,6 +92,8 @@ class RunSupervisor:
             self._input.close()
             self._worker.tidy()
             raise OSError(f"the worker went away before its run: {error}") from None
+        finally:
+            self._handed_over()
         return {"pid": self.pid}
 
     def stop(self, state: str, reason: str) -> None:

@@ -139,17 +139,19 @@ class SparePool:
     second while runs of the kind come often.
 
     A notebook runner's kernel needs ~0.5 s to get ready, longer than a short notebook
-    runs, so with one spare a run submitted as the previous one ends waits for a kernel
-    that is still starting. While runs come often (one was placed within ``burst_idle_s``)
-    the pool keeps a second spare, so the one handed over has had a whole run's time to
-    get ready; once runs stop for that long, the extra spare is stopped to give its memory
-    back. ``burst_idle_s`` of 0 keeps a single spare. Each spare is handed to one run only.
+    runs, and a script worker ~35 ms to import (at a lower priority than the run beside
+    it), about as long as a short script runs; so with one spare a run submitted as the
+    previous one ends waits for a worker that is still starting. While runs come often
+    (one was placed within ``burst_idle_s``) the pool keeps a second spare, so the one
+    handed over has had a whole run's time to get ready; once runs stop for that long, the
+    extra spare is stopped to give its memory back. ``burst_idle_s`` of 0 keeps a single
+    spare. Each spare is handed to one run only.
     """
 
     def __init__(
         self, kind: str, env: dict[str, str], cwd: Path, enabled: bool, burst_idle_s: float = 0
     ) -> None:
-        self._kind = kind
+        self.kind = kind
         self._env = env
         self._cwd = cwd
         self.enabled = enabled
@@ -174,14 +176,17 @@ class SparePool:
 
     async def _start(self) -> None:
         try:
-            self._spares.append(await start_worker(self._kind, self._env, self._cwd))
+            self._spares.append(await start_worker(self.kind, self._env, self._cwd))
         except OSError as error:
             log.warning("could not start a spare worker", error=str(error))
             self.enabled = False
         self._give_back_extra()
 
     def take(self) -> Worker | None:
-        """The readiest live spare (None if there is none), and the next ones on their way."""
+        """The readiest live spare (None if there is none).
+
+        The caller calls :meth:`start` once the run has its job: starting a process holds
+        the loop for its fork and exec, which put milliseconds into the hand-over."""
         if self._burst_idle_s > 0:
             self._in_burst = True
             if self._burst_timer is not None:
@@ -194,7 +199,6 @@ class SparePool:
             if spare.process.returncode is not None:
                 spare.discard()  # dead, but its cgroup, leftovers and kernel folder are not
                 spare = None
-        self.start()
         return spare
 
     def _end_burst(self) -> None:
