@@ -109,7 +109,9 @@ class Commands:
         """-> {version, protocol, pid, uptime_s, config, data_dir, runs: {state: n}, active, queued,
         dropped: {reason: n}, storage_full: bool, launcher, ...}; ``storage_full`` while the
         state folder's disk is full (events are held, submits refused, until space returns);
-        with ``launcher: dask`` also ``scheduler``, ``connected``, ``workers``, ``error``."""
+        with ``launcher: local`` also ``spares: {script, notebook}`` (warm workers waiting)
+        and ``script_fork_server``; with ``launcher: dask`` also ``scheduler``, ``connected``,
+        ``workers``, ``error``."""
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,

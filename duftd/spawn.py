@@ -16,6 +16,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from dte_tools.wire import ENV_WORKER_ID
 from duftd import reaper
@@ -63,41 +64,36 @@ def worker_environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def contained_by_cgroups() -> bool:
+    """Whether workers get a cgroup each (else each runs under a subreaper launcher)."""
+    return _cgroups is not None
+
+
 async def start_worker(
     argv: list[str],
     cwd: Path,
     env: dict[str, str],
+    stdin: int,
     stdout: int,
     stderr: int,
     pass_fds: tuple[int, ...] = (),
 ) -> asyncio.subprocess.Process:
-    """Start a worker in a new session, its output into the given pipes, ``pass_fds``
-    inherited, and its stdin a pipe (where it is handed its job)."""
+    """Start a worker in a new session, reading the given stdin (where it is handed its
+    job), its output into the given pipes, ``pass_fds`` inherited."""
     if _reaper:
         argv = [sys.executable, "-I", reaper.__file__, *argv]
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=env,
-        stdin=asyncio.subprocess.PIPE,
+        stdin=stdin,
         stdout=stdout,
         stderr=stderr,
         pass_fds=pass_fds,
         start_new_session=True,
     )
-    # The worker may be importing already, but it runs no task code before its job arrives
-    # on stdin, which is written only after this adopt: all the task starts is inside.
-    # Moving a process into a cgroup waits on the kernel (5-25 ms measured here), so it is
-    # done in a thread of its own while the loop goes on.
-    if _cgroups is not None and ENV_WORKER_ID in env:
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                _containing, _cgroups.adopt, env[ENV_WORKER_ID], process.pid
-            )
-        except BaseException:  # cancelled: nobody will ever hand this worker a job
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            raise
+    if ENV_WORKER_ID in env:
+        await contain(env[ENV_WORKER_ID], process.pid)
     if _reaper:
         _launchers.add(process.pid)
     with contextlib.suppress(OSError):
@@ -105,7 +101,34 @@ async def start_worker(
     return process
 
 
-async def wait_exit(process: asyncio.subprocess.Process) -> int:
+async def contain(worker_id: str, pid: int) -> None:
+    """Move a new worker (``pid``, its own group) into its cgroup, where workers get one.
+
+    The worker may be importing already, but it runs no task code before its job arrives
+    on stdin, which is written only after this: all the task starts is inside. Moving a
+    process into a cgroup waits on the kernel (5-32 ms measured here), so it is done in a
+    thread of its own while the loop goes on."""
+    if _cgroups is None:
+        return
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            _containing, _cgroups.adopt, worker_id, pid
+        )
+    except BaseException:  # cancelled: nobody will ever hand this worker a job
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        raise
+
+
+class WorkerProcess(Protocol):
+    """What duftd needs of a worker's process: an asyncio one, or one the fork server made
+    (:mod:`duftd.runs.forks`). ``returncode`` is set once it has exited and been reaped."""
+
+    pid: int
+    returncode: int | None
+
+
+async def wait_exit(process: WorkerProcess) -> int:
     """The process's exit status, as soon as it exits.
 
     ``Process.wait()`` also waits for the output pipes to close, which a leftover child
@@ -124,7 +147,8 @@ async def wait_exit(process: asyncio.subprocess.Process) -> int:
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-    # The child watcher reaps it a moment later and offers nothing to await.
+    # Its parent (asyncio's child watcher, or the fork server) reaps it a moment later,
+    # and neither offers anything to await.
     while process.returncode is None:  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     _launchers.discard(process.pid)

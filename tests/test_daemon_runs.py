@@ -7,6 +7,8 @@ must be recorded as a final state with an honest reason, and every line it wrote
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +38,7 @@ WORKER_TASKS = {
     "ERRORS-OK": "errors_then_succeeds",
     "INSPECT-ENV": "inspect_env",
     "HUGE-LINES": "huge_lines",
+    "GATED": "gated",
 }
 
 
@@ -113,6 +116,25 @@ def test_worker_that_cannot_start_fails_with_the_error(
     assert refused.value.code == "task_not_runnable"
     assert "vanishes.py" in str(refused.value)
     assert [r["task_id"] for r in daemon.request(Op.RUNS)["runs"]] == ["BROKEN"]
+
+
+def test_a_killed_fork_server_ends_its_runs_and_the_next_run_gets_a_new_one(
+    runs_daemon: DaemonProcess, config_dir: Path
+) -> None:
+    """Script workers are forked by a fork server, which alone can read their exit status:
+    if it is killed, its running run is ended and recorded, and the next run is forked by
+    a new server."""
+    assert runs_daemon.request(Op.HEALTH)["script_fork_server"]
+    run_id = runs_daemon.submit("GATED")["run"]["id"]
+    worker = read_note(config_dir, "ready", run_id)["pid"]
+    server = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert b"dte_tools.forkserver" in Path(f"/proc/{server}/cmdline").read_bytes()
+    os.kill(server, signal.SIGKILL)
+    final = runs_daemon.wait_final(run_id, timeout=15)
+    assert (final["state"], final["exit_code"]) == ("failed", -signal.SIGKILL), final
+    assert "SIGKILL" in final["reason"]
+    assert run_to_end(runs_daemon, "PRINTS")["state"] == "succeeded"
+    assert runs_daemon.request(Op.HEALTH)["script_fork_server"]
 
 
 def test_stdout_and_stderr_are_captured_line_by_line(runs_daemon: DaemonProcess) -> None:

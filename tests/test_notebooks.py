@@ -710,12 +710,9 @@ def worker_processes(control_endpoint: str) -> dict[int, tuple[str, str]]:
     return found
 
 
-def spare_runners(
-    daemon: DaemonProcess, run_id: int, module: str = "duftd.notebook.runner"
-) -> dict[str, list[str]]:
-    """This daemon's workers running ``module`` (notebook runners unless told) other than
-    run ``run_id``'s (worker id -> command lines of its processes: a runner, and its kernel
-    once started)."""
+def spare_runners(daemon: DaemonProcess, run_id: int) -> dict[str, list[str]]:
+    """This daemon's notebook workers other than run ``run_id``'s (worker id -> command lines
+    of its processes: a runner, and its kernel once started)."""
     busy = daemon.request(Op.RUN, run=run_id)["run"]["worker_id"]
     workers: dict[str, list[str]] = {}
     for worker, cmdline in worker_processes(daemon.control_endpoint).values():
@@ -724,7 +721,7 @@ def spare_runners(
     return {
         worker: cmdlines
         for worker, cmdlines in workers.items()
-        if any(module in cmdline for cmdline in cmdlines)
+        if any("duftd.notebook.runner" in cmdline for cmdline in cmdlines)
     }
 
 
@@ -764,13 +761,13 @@ def test_frequent_script_runs_keep_a_second_spare_until_they_pause(
     daemon_factory: Any, config_dir: Path
 ) -> None:
     """Script workers get the same: a second warm one while script runs come often (one
-    needs about as long to import as a short script runs), stopped once runs pause."""
+    needs about as long to start as a short script runs), stopped once runs pause."""
     gate = config_dir / "gate"
     add_script_task(config_dir, "SCRIPT-GATED", WAIT_FOR_FILE.format(path=str(gate)))
     daemon = daemon_factory(config_dir, "--spare-burst", "3")
     first = daemon.submit("SCRIPT-GATED")["run"]["id"]
-    script_spares = lambda: spare_runners(daemon, first, "dte_tools.spare")  # noqa: E731
-    wait_for(lambda: len(script_spares()) == 2, 20, "a second script spare during the burst")
-    wait_for(lambda: len(script_spares()) == 1, 30, "the extra script spare to be stopped")
+    script_spares = lambda: daemon.request(Op.HEALTH)["spares"]["script"]  # noqa: E731
+    wait_for(lambda: script_spares() == 2, 20, "a second script spare during the burst")
+    wait_for(lambda: script_spares() == 1, 30, "the extra script spare to be stopped")
     gate.touch()
     assert daemon.wait_final(first)["state"] == "succeeded"

@@ -280,9 +280,12 @@ async def all_events(request: web.Request) -> web.StreamResponse:
             return False
         return kinds is None or event["kind"] in kinds
 
+    async def listening() -> None:
+        return None  # a tick, so the response begins only once the feed is listening
+
     return await tracked_stream(
         request,
-        only(LiveFeed(bus_of(request)).events(), wanted, start=True),
+        only(LiveFeed(bus_of(request)).events(first=listening), wanted),
         lambda event: [frame(event)],
     )
 

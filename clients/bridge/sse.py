@@ -202,13 +202,8 @@ async def tracked_stream(
         streams.discard(task)
 
 
-async def only(
-    items: AsyncIterator[Any], wanted: Callable[[Any], bool], start: bool = False
-) -> AsyncIterator[Any]:
-    """The ticks and ``wanted`` items of ``items`` (others become ticks); a first tick if
-    ``start``, so that the response begins at once."""
-    if start:
-        yield None
+async def only(items: AsyncIterator[Any], wanted: Callable[[Any], bool]) -> AsyncIterator[Any]:
+    """The ticks and ``wanted`` items of ``items`` (others become ticks)."""
     async with contextlib.aclosing(items):
         async for item in items:
             yield item if item is None or wanted(item) else None

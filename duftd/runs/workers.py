@@ -27,6 +27,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import structlog
 from dte_tools.job import Job
 from dte_tools.wire import ENV_WORKER_ID
 from duftd import spawn
+from duftd.runs.forks import ForkServer
 
 log = structlog.get_logger("duftd.workers")
 
@@ -59,22 +61,24 @@ def kernel_dir(worker_id: str) -> Path:
 
 @dataclass(eq=False)
 class Worker:
-    """A started worker waiting for its job, with the reading ends of its pipes."""
+    """A started worker waiting for its job, with the reading ends of its pipes and the
+    writing end of its stdin."""
 
     kind: str  # "script" or "notebook"
-    process: asyncio.subprocess.Process
+    process: spawn.WorkerProcess
     worker_id: str
+    job_pipe: int | None  # where its job is written (None once closed)
     stdout: int
     stderr: int
     channels: list[int] = field(default_factory=list)
 
     async def assign(self, job: Job) -> None:
         """Hand the worker its run: one JSON line on stdin, then end of input."""
-        stdin = self.process.stdin
-        assert stdin is not None
-        stdin.write(job.encode())
-        await stdin.drain()
-        stdin.close()
+        assert self.job_pipe is not None
+        try:
+            await _write_all(self.job_pipe, job.encode())
+        finally:
+            self._close_job_pipe()
 
     def pipes(self) -> list[int]:
         """Reading ends, handed over to whoever reads them (which closes them)."""
@@ -88,6 +92,7 @@ class Worker:
     def discard(self) -> None:
         """End a worker that will never get its job (its processes, pipes and folder)."""
         spawn.kill_worker(self.worker_id)
+        self._close_job_pipe()
         self.close_pipes()
         self.tidy()
 
@@ -95,6 +100,33 @@ class Worker:
         """Remove what a killed worker could not (its kernel folder)."""
         if self.kind == "notebook":
             shutil.rmtree(kernel_dir(self.worker_id), ignore_errors=True)
+
+    def _close_job_pipe(self) -> None:
+        if self.job_pipe is not None:
+            os.close(self.job_pipe)
+            self.job_pipe = None
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to a non-blocking pipe, waiting for room while the reader takes it
+    (BrokenPipeError: the reader is gone)."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            room: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(fd, _wake, room)
+            try:
+                await room
+            finally:
+                loop.remove_writer(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _pipe(size: int | None = None) -> tuple[int, int]:
@@ -105,33 +137,46 @@ def _pipe(size: int | None = None) -> tuple[int, int]:
     return read, write
 
 
-async def start_worker(kind: str, env: dict[str, str], cwd: Path) -> Worker:
-    """Start a worker of ``kind``; it waits for its job on stdin."""
+async def start_worker(
+    kind: str, env: dict[str, str], cwd: Path, forks: ForkServer | None = None
+) -> Worker:
+    """Start a worker of ``kind`` (a script worker forked by ``forks`` when given); it
+    waits for its job on stdin."""
     worker_id = new_worker_id()
-    out, err = _pipe(), _pipe()
+    env = {**env, ENV_WORKER_ID: worker_id}
+    job_in, out, err = _pipe(), _pipe(), _pipe()
     channels = [_pipe(CHANNEL_PIPE_BYTES) for _ in range(2 if kind == "notebook" else 1)]
     writers = [end for _, end in channels]
-    argv = [*SCRIPT_WORKER, str(writers[0])]
-    if kind == "notebook":
-        argv = [*NOTEBOOK_RUNNER, str(kernel_dir(worker_id)), *map(str, writers)]
+    theirs = (job_in[0], out[1], err[1], *writers)
     try:
-        process = await spawn.start_worker(
-            argv,
-            cwd,
-            {**env, ENV_WORKER_ID: worker_id},
-            stdout=out[1],
-            stderr=err[1],
-            pass_fds=tuple(writers),
-        )
-    except OSError:
-        for fd in (out[0], err[0], *(read for read, _ in channels)):
+        if forks is not None and kind == "script":
+            process: spawn.WorkerProcess = await forks.fork(env, cwd, *theirs)
+            await spawn.contain(worker_id, process.pid)
+        else:
+            argv = [*SCRIPT_WORKER, str(writers[0])]
+            if kind == "notebook":
+                argv = [*NOTEBOOK_RUNNER, str(kernel_dir(worker_id)), *map(str, writers)]
+            process = await spawn.start_worker(
+                argv,
+                cwd,
+                env,
+                stdin=job_in[0],
+                stdout=out[1],
+                stderr=err[1],
+                pass_fds=tuple(writers),
+            )
+    except BaseException:
+        for fd in (job_in[1], out[0], err[0], *(read for read, _ in channels)):
             os.close(fd)
         raise
     finally:
-        for fd in (out[1], err[1], *writers):
+        for fd in theirs:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    return Worker(kind, process, worker_id, out[0], err[0], [read for read, _ in channels])
+    os.set_blocking(job_in[1], False)
+    return Worker(
+        kind, process, worker_id, job_in[1], out[0], err[0], [read for read, _ in channels]
+    )
 
 
 class SparePool:
@@ -149,11 +194,14 @@ class SparePool:
     """
 
     def __init__(
-        self, kind: str, env: dict[str, str], cwd: Path, enabled: bool, burst_idle_s: float = 0
+        self,
+        kind: str,
+        start_worker: Callable[[str], Awaitable[Worker]],
+        enabled: bool,
+        burst_idle_s: float = 0,
     ) -> None:
         self.kind = kind
-        self._env = env
-        self._cwd = cwd
+        self._start_worker = start_worker
         self.enabled = enabled
         self._burst_idle_s = burst_idle_s
         self._spares: list[Worker] = []  # oldest (readiest) first
@@ -176,11 +224,16 @@ class SparePool:
 
     async def _start(self) -> None:
         try:
-            self._spares.append(await start_worker(self.kind, self._env, self._cwd))
+            self._spares.append(await self._start_worker(self.kind))
         except OSError as error:
             log.warning("could not start a spare worker", error=str(error))
             self.enabled = False
         self._give_back_extra()
+
+    @property
+    def ready(self) -> int:
+        """Spares started and waiting for a run."""
+        return len(self._spares)
 
     def take(self) -> Worker | None:
         """The readiest live spare (None if there is none).
