@@ -10,11 +10,13 @@ first on ``sys.path`` and the run's variables in ``os.environ``. Its events, and
 from __future__ import annotations
 
 import gc
+import io
 import os
-import runpy
 import sys
 import traceback
+import types
 from pathlib import Path
+from typing import Any
 
 import zmq  # noqa: F401 - imported ahead of the task: the reason a spare exists
 
@@ -32,28 +34,46 @@ def main(argv: list[str]) -> int:
     if job is None:
         return 0  # duftd stopped before handing us a run
     job.enter()
-    script = Path(job.argv[0]).resolve()
-    sys.argv = [str(script), *job.argv[1:]]
-    sys.path[0:1] = job.import_paths(str(script.parent))
+    script = str(Path(job.argv[0]).resolve())
+    sys.argv = [script, *job.argv[1:]]
+    sys.path[0:1] = job.import_paths(str(Path(script).parent))
     sys.stdin.close()
     sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - a task's stdin, as a cold worker has
     channel.adopt(int(argv[1]), capture_output=True)
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit:
-        raise
-    except BaseException:
-        print_task_traceback(str(script))
-        return 1
+    sys.excepthook = TracebackFrom(script)
+    run_as_main(script)
     return 0
 
 
-def print_task_traceback(script: str) -> None:
-    """The traceback as ``python script`` prints it: without this module's and runpy's frames."""
-    kind, error, tb = sys.exc_info()
-    while tb is not None and tb.tb_frame.f_code.co_filename != script:
-        tb = tb.tb_next
-    traceback.print_exception(kind, error, tb)
+def run_as_main(script: str) -> None:
+    """Run the task as ``python script`` does: in a module ``__main__`` that stays in
+    ``sys.modules``, so that at exit the interpreter clears its globals in its own order
+    (a file the script left open is flushed through its text layer, then closed) and an
+    atexit handler or a thread still running finds the script's module. ``runpy.run_path``
+    takes its module out again, and a script defining a function (which holds the globals
+    in a cycle) then lost what such a file held. An exception (SystemExit, an error, a
+    KeyboardInterrupt) goes on to the interpreter, which ends the process as it would end
+    ``python script``."""
+    module = types.ModuleType("__main__")
+    module.__dict__.update(__file__=script, __cached__=None, __package__=None, __spec__=None)
+    sys.modules["__main__"] = module
+    with io.open_code(script) as source:
+        code = compile(source.read(), script, "exec")
+    exec(code, module.__dict__)
+
+
+class TracebackFrom:
+    """``sys.excepthook`` printing the traceback as ``python script`` prints it: from the
+    script's first frame, without this module's, the fork server's and runpy's. A task may
+    set its own hook, as under plain python."""
+
+    def __init__(self, script: str) -> None:
+        self._script = script
+
+    def __call__(self, kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        while tb is not None and tb.tb_frame.f_code.co_filename != self._script:
+            tb = tb.tb_next
+        traceback.print_exception(kind, error, tb)
 
 
 if __name__ == "__main__":

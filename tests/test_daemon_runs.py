@@ -6,9 +6,15 @@ must be recorded as a final state with an honest reason, and every line it wrote
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
+import shutil
 import signal
+import subprocess
+import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +24,15 @@ import zmq
 from clients.bus import DaemonError
 from dte_tools.wire import CLIENT_SIGNER, Op, decode_reply, encode_request
 from tests.harness import (
+    WORKERS_DIR,
     DaemonProcess,
     RawSocket,
     add_script_task,
     add_worker_task,
+    environment_without_duft,
     final_state_event,
     log_messages,
+    meet_dir,
     open_gate,
     read_note,
 )
@@ -39,6 +48,7 @@ WORKER_TASKS = {
     "INSPECT-ENV": "inspect_env",
     "HUGE-LINES": "huge_lines",
     "GATED": "gated",
+    "LEAVES-OPEN": "leaves_things_open",
 }
 
 
@@ -47,6 +57,13 @@ def runs_daemon(config_dir: Path, daemon_factory: Callable[..., DaemonProcess]) 
     """A daemon whose config also holds the misbehaving workers of this module."""
     for task_id, worker in WORKER_TASKS.items():
         add_worker_task(config_dir, task_id, worker, dataConnections=["ANA"])
+    shutil.copy(WORKERS_DIR / "left_open_elsewhere.py", config_dir / "system" / "data_tasks")
+    add_worker_task(
+        config_dir,
+        "EXITS-WITH",
+        "exits_with",
+        supportedParameters={"how": {"defaultValue": "none", "allowOverride": True}},
+    )
     return daemon_factory(config_dir)
 
 
@@ -97,6 +114,52 @@ def test_task_killed_by_a_signal_names_the_signal(runs_daemon: DaemonProcess) ->
     assert run["state"] == "failed"
     assert run["exit_code"] == -9
     assert run["reason"].startswith("killed by signal SIGKILL")
+
+
+@pytest.mark.parametrize("how", ["none", "message", "259", "true", "interrupt"])
+def test_sys_exit_ends_the_run_as_bare_python_ends(runs_daemon: DaemonProcess, how: str) -> None:
+    """sys.exit(value) or a KeyboardInterrupt ends a run with the exit code and stderr lines
+    ``python script.py`` ends with: a value that is not a number printed, a failing atexit
+    handler reported, neither changing the code."""
+    script = (runs_daemon.config_dir / "system" / "data_tasks" / "exits_with.py").resolve()
+    bare = subprocess.run(
+        [sys.executable, str(script), json.dumps({"how": how})],
+        cwd=script.parent,
+        env=environment_without_duft(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    run = run_to_end(runs_daemon, "EXITS-WITH", how=how)
+    assert run["exit_code"] == bare.returncode, (run, bare.stderr)
+    assert run["state"] == ("succeeded" if bare.returncode == 0 else "failed")
+    err = [e["data"]["text"] for e in runs_daemon.events(run["id"]) if e["kind"] == "stderr"]
+    address = re.compile(r" at 0x[0-9a-f]+")
+    assert [address.sub("", line) for line in err] == address.sub("", bare.stderr).splitlines()
+    assert err[-1] == "RuntimeError: atexit handler failed"
+
+
+def test_what_the_interpreter_exit_does_is_done(runs_daemon: DaemonProcess) -> None:
+    """A script that leaves things open: its unclosed files hold what it wrote, a zip it never
+    closed is complete, a gzip file a helper module holds open is complete, its temporary
+    file is removed, and what an atexit handler and a thread still running after the script
+    log is stored before the final state."""
+    run = run_to_end(runs_daemon, "LEAVES-OPEN")
+    assert run["state"] == "succeeded", run
+    events = runs_daemon.events(run["id"])
+    messages = log_messages(events)
+    assert messages[0] == "script done"
+    assert sorted(messages[1:]) == ["atexit handler", "thread after the script"]
+    assert events[-1] == final_state_event(events)
+    folder = meet_dir(runs_daemon.config_dir) / f"left-{run['id']}"
+    assert (folder / "text.txt").read_text(encoding="utf-8") == "written, never closed\n"
+    assert (folder / "raw.bin").read_bytes() == b"bytes, never closed"
+    with zipfile.ZipFile(folder / "archive.zip") as archive:
+        assert archive.read("inside.txt") == b"zipped, never closed"
+    with gzip.open(folder / "helper.txt.gz", "rt", encoding="utf-8") as helper:
+        assert helper.read() == "gzipped in a helper, never closed\n"
+    scratch = read_note(runs_daemon.config_dir, "left", run["id"])["scratch"]
+    assert not Path(scratch).exists()
 
 
 def test_worker_that_cannot_start_fails_with_the_error(

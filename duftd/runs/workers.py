@@ -4,8 +4,10 @@ Every worker (a script worker, or a notebook runner with its kernel) is started 
 way, before or when its run is known, and reads its job (:mod:`dte_tools.job`) on stdin.
 A warm spare is simply a worker started ahead of need: a fresh script worker spends
 ~30 ms importing pyzmq before the task's first line runs, and a notebook runner ~0.5 s
-waiting for its kernel to be ready. A worker is never reused: it runs one task and exits,
-and the next spare is started at once.
+waiting for its kernel to be ready. Where workers get a cgroup each, a script worker is
+forked, already loaded, by the fork server (:mod:`duftd.runs.forks`) instead. A worker
+is never reused: it runs one task and exits, and the next spare is started once that
+task has its job.
 
 duftd creates each worker's pipes and keeps their reading ends: stdout, stderr, and one
 durable event channel per process that reports events (the worker, and a notebook's
