@@ -152,8 +152,11 @@ class Scheduler:
             soonest = min((e.next_at.timestamp() for e in self._entries.values()), default=None)
             delay = MAX_SLEEP_S if soonest is None else soonest - time.time()
             if delay > 0:
+                # asyncio.timeout, not wait_for: under Python 3.11 wait_for can swallow a
+                # cancel that comes as the event fires, and stopping would never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(delay, MAX_SLEEP_S))
+                    async with asyncio.timeout(min(delay, MAX_SLEEP_S)):
+                        await self._wake.wait()
 
     async def _fire(self, entry: _Entry) -> None:
         key, task, due = entry.key, entry.item.task, entry.next_at

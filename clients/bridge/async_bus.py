@@ -89,7 +89,10 @@ class Listener:
     async def get(self, wait_s: float) -> Batch | _Reset | None:
         """The next batch, :data:`RESET`, or None when nothing came within ``wait_s``."""
         try:
-            return await asyncio.wait_for(self._queue.get(), wait_s)
+            # Not wait_for: under Python 3.11 it can swallow a cancel that comes as an item
+            # arrives, and a stream whose client left would go on.
+            async with asyncio.timeout(wait_s):
+                return await self._queue.get()
         except TimeoutError:
             return None
 

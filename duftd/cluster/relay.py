@@ -134,6 +134,7 @@ class Relay:
         self._batch = 0
         self._stop: Callable[[str, str], None] = lambda state, reason: None
         self.lost_link: str | None = None  # why duftd could not be reached, if it could not
+        self._finishing = False  # the worker has ended: the sender stops, _finish takes over
 
     async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         return await asyncio.to_thread(self._control.request, op, args)
@@ -170,18 +171,26 @@ class Relay:
             shutil.rmtree(folder, ignore_errors=True)
 
     async def _send(self) -> None:
-        """Send batches (or a heartbeat) until cancelled; each kept until acknowledged."""
-        while True:
+        """Send batches (or a heartbeat) until the run is finishing; each kept until
+        acknowledged."""
+        while not self._finishing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.ready.wait(), BEAT_S)
-            if not await self._deliver(self._queue.take(), last=False):
+                async with asyncio.timeout(BEAT_S):
+                    await self._queue.ready.wait()
+            if self._finishing or not await self._deliver(self._queue.take(), last=False):
                 return
 
     async def _finish(self, sender: asyncio.Task[None]) -> None:
-        """Stop the sender, then deliver what is left and the last (empty) batch."""
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        """Let the sender finish the batch it holds and stop, then deliver what is left and
+        the last (empty) batch.
+
+        The sender is told, not cancelled: under Python 3.11, ``wait_for`` swallowed a
+        cancel that came as the queue's event fired (the last lines arriving as the worker
+        ended), and the sender went on sending heartbeats while this waited for it: the run
+        never finished (about one cluster run in a hundred)."""
+        self._finishing = True
+        self._queue.ready.set()  # wakes the sender if it waits
+        await sender
         while self._queue.events and self.lost_link is None:
             await self._deliver(self._queue.take(), last=False)
         if self.lost_link is None:
