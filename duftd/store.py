@@ -424,19 +424,27 @@ class Store:
         for first in range(0, len(run_ids), RETENTION_BATCH_RUNS):
             batch = run_ids[first : first + RETENTION_BATCH_RUNS]
             marks = ", ".join("?" for _ in batch)
-            while await write(lambda batch=batch, marks=marks: self._delete_events(batch, marks)):
+            while await write(lambda batch=batch, marks=marks: self._delete_some(batch, marks)):
                 pass
-            await write(
-                lambda batch=batch, marks=marks: self._commit(
-                    f"DELETE FROM runs WHERE id IN ({marks})", batch
-                )
-            )
 
-    async def _delete_events(self, batch: Sequence[int], marks: str) -> bool:
-        """Delete up to RETENTION_BATCH_EVENTS events of ``batch``; True if more are left."""
-        cursor = await self._commit(
-            "DELETE FROM events WHERE (run_id, seq) IN (SELECT run_id, seq FROM events "
-            f"WHERE run_id IN ({marks}) LIMIT ?)",
-            (*batch, RETENTION_BATCH_EVENTS),
-        )
-        return cursor.rowcount >= RETENTION_BATCH_EVENTS
+    async def _delete_some(self, batch: Sequence[int], marks: str) -> bool:
+        """Delete up to RETENTION_BATCH_EVENTS events of ``batch``, and the runs once none
+        is left, in one transaction (rolled back if it fails); True if events are left.
+
+        One commit for a run whose events fit in a batch: the commit, not the rows, was
+        the larger part of a pass on a large store."""
+        try:
+            cursor = await self._db.execute(
+                "DELETE FROM events WHERE (run_id, seq) IN (SELECT run_id, seq FROM events "
+                f"WHERE run_id IN ({marks}) LIMIT ?)",
+                (*batch, RETENTION_BATCH_EVENTS),
+            )
+            more = cursor.rowcount >= RETENTION_BATCH_EVENTS
+            if not more:
+                await self._db.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            raise
+        return more
