@@ -14,7 +14,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -279,28 +279,29 @@ class Store:
             f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id)
         )
 
-    async def _commit(self, sql: str, args: Sequence[Any]) -> Any:
-        """One statement in its own transaction, rolled back if it fails (a full disk), so
-        the next write starts clean. Only the pipeline's writer task calls the writers."""
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writing connection for one transaction: committed at the end, rolled back if
+        anything in it fails (a full disk), so the next write starts clean. Only the
+        pipeline's writer task calls the writers."""
         try:
-            cursor = await self._db.execute(sql, args)
+            yield self._db
             await self._db.commit()
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._db.rollback()
             raise
-        return cursor
+
+    async def _commit(self, sql: str, args: Sequence[Any]) -> Any:
+        """One statement in its own transaction."""
+        async with self._transaction() as db:
+            return await db.execute(sql, args)
 
     async def _commit_all(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
-        """Several statements in one transaction, rolled back if any fails."""
-        try:
+        """Several statements in one transaction."""
+        async with self._transaction() as db:
             for sql, args in statements:
-                await self._db.execute(sql, args)
-            await self._db.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._db.rollback()
-            raise
+                await db.execute(sql, args)
 
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
         row = self._lookup.execute(
@@ -429,22 +430,17 @@ class Store:
 
     async def _delete_some(self, batch: Sequence[int], marks: str) -> bool:
         """Delete up to RETENTION_BATCH_EVENTS events of ``batch``, and the runs once none
-        is left, in one transaction (rolled back if it fails); True if events are left.
+        is left, in one transaction; True if events are left.
 
         One commit for a run whose events fit in a batch: the commit, not the rows, was
         the larger part of a pass on a large store."""
-        try:
-            cursor = await self._db.execute(
+        async with self._transaction() as db:
+            cursor = await db.execute(
                 "DELETE FROM events WHERE (run_id, seq) IN (SELECT run_id, seq FROM events "
                 f"WHERE run_id IN ({marks}) LIMIT ?)",
                 (*batch, RETENTION_BATCH_EVENTS),
             )
             more = cursor.rowcount >= RETENTION_BATCH_EVENTS
             if not more:
-                await self._db.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
-            await self._db.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._db.rollback()
-            raise
+                await db.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
         return more
