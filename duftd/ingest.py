@@ -37,6 +37,7 @@ import zmq.asyncio
 
 from dte_tools.channel import LAST_PIECE, MAX_RECORD_BYTES, PIECE
 from dte_tools.wire import MAX_MESSAGE_BYTES, PROTOCOL, RUN_SIGNER_PREFIX, Kind, verify
+from duftd.fd_wait import readable
 from duftd.pipeline import EventPipeline, RunChannel
 
 log = structlog.get_logger("duftd.ingest")
@@ -252,7 +253,7 @@ class RunInput:
         try:
             while True:
                 await self._pipeline.room()
-                await _readable(fd)
+                await readable(fd)
                 chunk = _read(fd)
                 if chunk is None:
                     continue
@@ -347,17 +348,6 @@ class RunInput:
     def _lost(self, reason: str) -> None:
         self._link.channel.lost[reason] += 1
         log.warning("event lost", run_id=self._link.channel.run_id, reason=reason)
-
-
-async def _readable(fd: int) -> None:
-    """Wait until ``fd`` has data (or its end) to read."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
 
 
 def _read(fd: int) -> bytes | None:

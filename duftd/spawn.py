@@ -21,6 +21,7 @@ from typing import Protocol
 from dte_tools.wire import ENV_WORKER_ID
 from duftd import reaper
 from duftd.containment import CgroupTree
+from duftd.fd_wait import readable
 
 # Environment passed through to workers: what programs need to behave, nothing secret.
 PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
@@ -139,13 +140,9 @@ async def wait_exit(process: WorkerProcess) -> int:
     except ProcessLookupError:
         pidfd = None
     if pidfd is not None:
-        loop = asyncio.get_running_loop()
-        gone = loop.create_future()
-        loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
         try:
-            await gone
+            await readable(pidfd)
         finally:
-            loop.remove_reader(pidfd)
             os.close(pidfd)
     # Its parent (asyncio's child watcher, or the fork server) reaps it a moment later,
     # and neither offers anything to await.

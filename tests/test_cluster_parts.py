@@ -101,7 +101,7 @@ async def test_the_relay_finishes_when_the_last_lines_arrive_as_the_worker_ends(
 
     relay._deliver = deliver  # type: ignore[method-assign]
     sender = asyncio.create_task(relay._send())
-    await asyncio.sleep(0)  # the sender now waits for the queue
+    await asyncio.sleep(0)  # wait-ok: one loop turn, so the sender is waiting on the queue
     relay._queue.emit(RunChannel(1, "T"), "log", {"level": "info", "message": "last"}, 1.0)
     try:
         await asyncio.wait_for(relay._finish(sender), 5)

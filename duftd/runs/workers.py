@@ -38,6 +38,7 @@ import structlog
 from dte_tools.job import Job
 from dte_tools.wire import ENV_WORKER_ID
 from duftd import spawn
+from duftd.fd_wait import writable
 from duftd.runs.forks import ForkServer
 
 log = structlog.get_logger("duftd.workers")
@@ -112,23 +113,12 @@ class Worker:
 async def _write_all(fd: int, data: bytes) -> None:
     """Write ``data`` to a non-blocking pipe, waiting for room while the reader takes it
     (BrokenPipeError: the reader is gone)."""
-    loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            room: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(fd, _wake, room)
-            try:
-                await room
-            finally:
-                loop.remove_writer(fd)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+            await writable(fd)
 
 
 def _pipe(size: int | None = None) -> tuple[int, int]:
